@@ -1,0 +1,13 @@
+"""Qwen2: as llama, but q/k/v always have biases (o_proj has none)."""
+
+from arrakis.models.adapters._common import DERIVED_HEAD_DIM_FIELDS, LLAMA_PATHS, SMALL
+from arrakis.models.adapters.base import FamilyAdapter
+
+ADAPTER = FamilyAdapter(
+    family="qwen2",
+    model_type="qwen2",
+    **LLAMA_PATHS,
+    fields=DERIVED_HEAD_DIM_FIELDS,
+    eps_field="rms_norm_eps",
+    defaults=SMALL,
+)

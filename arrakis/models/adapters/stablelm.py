@@ -1,0 +1,19 @@
+"""StableLM: as llama, but LayerNorm, partial rotary, optional q/k/v biases
+(``use_qkv_bias``) and an optional parallel residual (``use_parallel_residual``), in which
+the MLP reads the same ``input_layernorm`` output as attention and there is no second norm.
+"""
+
+from arrakis.models.adapters._common import DERIVED_HEAD_DIM_FIELDS, LLAMA_PATHS, SMALL
+from arrakis.models.adapters.base import FamilyAdapter
+
+ADAPTER = FamilyAdapter(
+    family="stable-lm",
+    model_type="stablelm",
+    aliases=("stablelm", "stable_lm"),
+    **LLAMA_PATHS,
+    fields=DERIVED_HEAD_DIM_FIELDS,
+    eps_field="layer_norm_eps",
+    defaults=SMALL,
+    norm="layernorm",
+    parallel_residual_field="use_parallel_residual",
+)

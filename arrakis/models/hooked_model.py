@@ -1,0 +1,248 @@
+"""``HookedAutoModel``: a Hugging Face causal LM with TransformerLens-style hook points.
+
+The forward pass is Hugging Face's own, unmodified (eager attention, so that patterns
+exist): hooks only *read*. They are registered for one call, only at the modules the
+requested names need, and removed when the call ends, also when it raises. Logits are
+therefore bit-for-bit those of the plain model.
+
+>>> import torch
+>>> from arrakis import HookedAutoConfig, HookedAutoModel
+>>> model = HookedAutoModel(HookedAutoConfig("llama"))
+>>> output, cache = model(torch.randint(0, 50256, (1, 50)))
+>>> tuple(output.logits.shape), tuple(cache["blocks.0.attn.hook_q"].shape)
+((1, 50, 50257), (1, 50, 8, 32))
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
+
+from arrakis.models.adapters import adapter_for, qkv_index
+from arrakis.models.adapters.base import module_at
+from arrakis.models.cache import ActivationCache
+from arrakis.models.config import HookedAutoConfig, ModelShape, model_shape
+from arrakis.models.hook_points import NamesFilter, hook_names, select
+from arrakis.models.weights import HeadWeights, extract_head_weights, kv_groups
+
+logger = logging.getLogger(__name__)
+
+# A capture reads (args, kwargs, output) of a module call and returns the activation.
+Capture = Callable[[tuple, dict, Any], Tensor]
+
+
+def _input(args: tuple, kwargs: dict, _: Any) -> Tensor:
+    return args[0] if args else kwargs["hidden_states"]
+
+
+def _output(args: tuple, kwargs: dict, out: Any) -> Tensor:
+    return out[0] if isinstance(out, tuple) else out
+
+
+def _pattern(args: tuple, kwargs: dict, out: Any) -> Tensor:
+    if not isinstance(out, tuple) or len(out) < 2 or out[1] is None:
+        raise RuntimeError("the attention module returned no pattern: attn_implementation must be 'eager'")
+    return out[1]
+
+
+class HookedAutoModel(nn.Module):
+    """A hooked causal LM of any supported family.
+
+    ``HookedAutoModel(HookedAutoConfig("gpt2"))`` builds a randomly initialised model;
+    ``HookedAutoModel.from_hf(model)`` wraps one already loaded. ``model(input_ids)`` and
+    ``model.run_with_cache(input_ids, names=None)`` return ``(output, cache)``: Hugging
+    Face's output (``output.logits`` [batch, pos, d_vocab]) and an ``ActivationCache``.
+    """
+
+    def __init__(self, config: HookedAutoConfig | PretrainedConfig, *, hf_model: PreTrainedModel | None = None):
+        super().__init__()
+        if hf_model is None:
+            hf_config = config.hf_config if isinstance(config, HookedAutoConfig) else config
+            if not isinstance(hf_config, PretrainedConfig):
+                raise TypeError(f"config must be a HookedAutoConfig, got {type(config).__name__}")
+            adapter_for(hf_config.model_type)  # refuse unknown families before building anything
+            hf_model = AutoModelForCausalLM.from_config(hf_config, attn_implementation="eager")
+        self.adapter = adapter_for(hf_model.config.model_type)
+        if hf_model.config._attn_implementation != "eager":
+            hf_model.set_attn_implementation("eager")
+        self.hf_model = hf_model.eval()
+        layer0 = module_at(hf_model, self.adapter.layers)[0]
+        o_in = module_at(layer0, self.adapter.o).weight.shape[0 if self.adapter.conv1d else 1]
+        n_heads = getattr(hf_model.config, self.adapter.fields["n_heads"])
+        self.cfg: ModelShape = model_shape(self.adapter, hf_model.config, d_head=o_in // n_heads)
+        self._hook_names = hook_names(self.cfg)
+        self._kv_group = kv_groups(self.cfg.n_heads, self.cfg.n_kv_heads)
+        self._weights: dict[bool, tuple[tuple, HeadWeights]] = {}
+        self.tokenizer: Any = None
+
+    @classmethod
+    def from_hf(cls, hf_model: PreTrainedModel, tokenizer: Any = None) -> HookedAutoModel:
+        """Wrap an already loaded Hugging Face causal LM (switching it to eager attention)."""
+        model = cls(hf_model.config, hf_model=hf_model)
+        model.tokenizer = tokenizer
+        return model
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf_model.parameters()).device
+
+    def hook_names(self) -> list[str]:
+        """Every hook name this model can cache, in forward order."""
+        return list(self._hook_names)
+
+    # -- running ---------------------------------------------------------------------------
+
+    def forward(self, input_ids: Tensor) -> tuple[Any, ActivationCache]:
+        """Run the model and cache every activation: ``output, cache = model(input_ids)``."""
+        return self.run_with_cache(input_ids)
+
+    def run_with_cache(self, input_ids: Tensor | Sequence, names: NamesFilter = None) -> tuple[Any, ActivationCache]:
+        """Run the model, keeping the activations named by ``names``.
+
+        Args:
+            input_ids: token ids, [batch, pos] or [pos] (taken as a batch of one).
+            names: None for every hook, an iterable of hook names, or a predicate on names.
+        """
+        input_ids = self._check_input_ids(input_ids)
+        wanted = set(select(names, self._hook_names, self.cfg))
+        store: dict[str, Tensor] = {}
+        with self._hooks(wanted, store, batch=input_ids.shape[0]), torch.no_grad():
+            output = self.hf_model(input_ids=input_ids, use_cache=False)
+        store["logits"] = output.logits
+        missing = wanted - set(store)
+        if missing:  # an adapter pointing at a module the forward pass never calls
+            raise RuntimeError(f"hooks did not fire for {sorted(missing)} ({self.cfg.family} adapter)")
+        ordered = {n: store[n] for n in self._hook_names if n in wanted}
+        return output, ActivationCache(ordered, self.cfg, self._hook_names)
+
+    def _check_input_ids(self, input_ids: Tensor | Sequence) -> Tensor:
+        if not isinstance(input_ids, Tensor):
+            try:
+                input_ids = torch.as_tensor(input_ids)
+            except (TypeError, ValueError) as err:
+                raise TypeError(f"input_ids must be a tensor of token ids, got {type(input_ids).__name__}") from err
+        if input_ids.dtype == torch.bool or input_ids.dtype.is_floating_point or input_ids.dtype.is_complex:
+            raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
+        if input_ids.dim() == 1:
+            input_ids = input_ids.unsqueeze(0)
+        if input_ids.dim() != 2 or input_ids.shape[1] == 0 or input_ids.shape[0] == 0:
+            raise ValueError(f"input_ids must have shape [batch, pos] with pos >= 1, got {tuple(input_ids.shape)}")
+        lo, hi = int(input_ids.min()), int(input_ids.max())
+        if lo < 0 or hi >= self.cfg.d_vocab:
+            bad = lo if lo < 0 else hi
+            where = tuple(int(i) for i in (input_ids == bad).nonzero()[0])
+            raise ValueError(
+                f"token id {bad} at {list(where)} is out of range: this model's vocabulary has "
+                f"{self.cfg.d_vocab} tokens (0-{self.cfg.d_vocab - 1})"
+            )
+        if self.cfg.n_ctx is not None and input_ids.shape[1] > self.cfg.n_ctx:
+            raise ValueError(
+                f"a prompt of {input_ids.shape[1]} tokens is longer than this model's context of {self.cfg.n_ctx}"
+            )
+        return input_ids.to(device=self.device, dtype=torch.long)
+
+    # -- hooks -----------------------------------------------------------------------------
+
+    def _capture_plan(self, names: set[str], batch: int) -> dict[tuple[nn.Module, bool], list[tuple[str, Capture]]]:
+        """For each (module, is_pre_hook), the activations to read from its call."""
+        a, cfg = self.adapter, self.cfg
+        root, layers = self.hf_model, module_at(self.hf_model, a.layers)
+        plan: dict[tuple[nn.Module, bool], list[tuple[str, Capture]]] = {}
+
+        def add(name: str, module: nn.Module, pre: bool, capture: Capture) -> None:
+            if name in names:
+                plan.setdefault((module, pre), []).append((name, capture))
+
+        def heads(channel: str) -> Capture:
+            idx = qkv_index(a.qkv_layout, channel, cfg.n_heads, cfg.n_kv_heads, cfg.d_head)
+            if channel != "q":
+                idx = idx[self._kv_group]  # expand K and V to one slice per query head
+
+            def capture(args: tuple, kwargs: dict, out: Tensor) -> Tensor:
+                return out[..., idx.to(out.device)]  # [batch, pos, features] -> [batch, pos, head, d_head]
+
+            return capture
+
+        def split_z(args: tuple, kwargs: dict, out: Any) -> Tensor:
+            z = _input(args, kwargs, out)
+            return z.view(*z.shape[:-1], cfg.n_heads, cfg.d_head)  # [batch, pos, head * d_head] -> heads
+
+        add("hook_embed", module_at(root, a.embed), False, _output)
+        if a.pos_embed:
+            add("hook_pos_embed", module_at(root, a.pos_embed), False, lambda *c: _output(*c).expand(batch, -1, -1))
+        for i, layer in enumerate(layers):
+            p = f"blocks.{i}."
+            add(p + "hook_resid_pre", layer, True, _input)
+            add(p + "ln1.hook_normalized", module_at(layer, a.ln1), False, _output)
+            for channel in ("q", "k", "v"):
+                add(p + f"attn.hook_{channel}", module_at(layer, getattr(a, channel)), False, heads(channel))
+            attn = module_at(layer, a.attn)
+            add(p + "attn.hook_pattern", attn, False, _pattern)
+            add(p + "attn.hook_z", module_at(layer, a.o), True, split_z)
+            add(p + "hook_attn_out", attn, False, _output)
+            if not cfg.parallel_residual:
+                add(p + "hook_resid_mid", module_at(layer, a.ln2), True, _input)
+            add(p + "hook_mlp_out", module_at(layer, a.mlp), False, _output)
+            add(p + "hook_resid_post", layer, False, _output)
+        add("ln_final.hook_normalized", module_at(root, a.ln_final), False, _output)
+        return plan
+
+    @contextmanager
+    def _hooks(self, names: set[str], store: dict[str, Tensor], batch: int) -> Iterator[None]:
+        """Register the capturing hooks for one call; always remove them afterwards."""
+        plan = self._capture_plan(names, batch)
+        handles = []
+
+        def make(captures: list[tuple[str, Capture]], pre: bool) -> Callable:
+            if pre:
+
+                def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
+                    for name, capture in captures:
+                        store[name] = capture(args, kwargs, None).detach()
+
+                return pre_hook
+
+            def post_hook(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+                for name, capture in captures:
+                    store[name] = capture(args, kwargs, out).detach()
+
+            return post_hook
+
+        try:
+            for (module, pre), captures in plan.items():
+                if pre:
+                    handles.append(module.register_forward_pre_hook(make(captures, True), with_kwargs=True))
+                else:
+                    handles.append(module.register_forward_hook(make(captures, False), with_kwargs=True))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    # -- weights ---------------------------------------------------------------------------
+
+    def head_weights(self, folded: bool = True) -> HeadWeights:
+        """Stacked per-head weights (DESIGN.md §3); ``folded=False`` gives the raw ones.
+
+        Built once and reused until a parameter changes (in place or replaced).
+        """
+        key = tuple((p.data_ptr(), p._version) for p in self.hf_model.parameters())
+        cached = self._weights.get(folded)
+        if cached is None or cached[0] != key:
+            logger.debug("stacking %s head weights", "folded" if folded else "raw")
+            cached = (key, extract_head_weights(self.hf_model, self.adapter, self.cfg, folded=folded))
+            self._weights[folded] = cached
+        return cached[1]
+
+    def __repr__(self) -> str:
+        c = self.cfg
+        return (
+            f"HookedAutoModel({c.family}: {c.n_layers} layers, {c.n_heads} heads ({c.n_kv_heads} KV), "
+            f"d_model {c.d_model}, d_head {c.d_head}, vocab {c.d_vocab})"
+        )
