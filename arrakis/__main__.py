@@ -1,0 +1,3 @@
+from arrakis.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Compatibility paths of the original project (``arrakis.src.*``); the code lives elsewhere."""

@@ -1,0 +1,1 @@
+"""Compatibility re-exports: ``arrakis.src.core_arrakis.*`` as the original laid it out."""
