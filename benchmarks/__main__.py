@@ -1,0 +1,6 @@
+"""``make bench``: run every benchmark in this folder."""
+
+from benchmarks import bench_hooked_forward
+
+if __name__ == "__main__":
+    bench_hooked_forward.main()
