@@ -1,7 +1,7 @@
 """The ``arrakis`` command line. It only calls the library and prints what it returns.
 
-    arrakis summary [FAMILY ...]   build the small default model of each family and print
-                                   its shape and the cached hook names with their shapes
+arrakis summary [FAMILY ...]   build the small default model of each family and print
+                               its shape and the cached hook names with their shapes
 """
 
 from __future__ import annotations

@@ -11,10 +11,10 @@ from functools import cache
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from arrakis import HookedAutoConfig, HookedAutoModel  # noqa: E402
+from arrakis import HookedAutoConfig, HookedAutoModel
 
 # A few layers, several heads, a small vocabulary: each builds and runs in milliseconds.
 TINY = {"n_layers": 2, "d_model": 64, "n_heads": 4, "d_vocab": 512}
@@ -28,8 +28,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "gpt2": ("gpt2", {**TINY, "d_mlp": 128}),
     "gpt-neo": ("gpt-neo", {**TINY, "d_mlp": 128, "window_size": 4}),
     "gpt-neox": ("gpt-neox", {**TINY, "d_mlp": 128}),
-    "gpt-neox-sequential-nobias": ("gpt-neox", {**TINY, "d_mlp": 128, "use_parallel_residual": False,
-                                                "attention_bias": False}),
+    "gpt-neox-sequential-nobias": (
+        "gpt-neox",
+        {**TINY, "d_mlp": 128, "use_parallel_residual": False, "attention_bias": False},
+    ),
     "llama": ("llama", {**LLAMA_LIKE_TINY, "d_head": 16}),
     "llama-mqa-bias": ("llama", {**LLAMA_LIKE_TINY, "d_head": 16, "n_kv_heads": 1, "attention_bias": True}),
     "llama-wide-head": ("llama", {**LLAMA_LIKE_TINY, "d_head": 24}),  # d_head * n_heads != d_model
@@ -42,8 +44,10 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "mistral": ("mistral", {**LLAMA_LIKE_TINY, "d_head": 16, "sliding_window": 6}),
     "mistral-mqa": ("mistral", {**LLAMA_LIKE_TINY, "d_head": 16, "n_kv_heads": 1}),
     "stable-lm": ("stable-lm", LLAMA_LIKE_TINY),
-    "stable-lm-mqa-bias-parallel": ("stable-lm", {**LLAMA_LIKE_TINY, "n_kv_heads": 1, "use_qkv_bias": True,
-                                                  "use_parallel_residual": True}),
+    "stable-lm-mqa-bias-parallel": (
+        "stable-lm",
+        {**LLAMA_LIKE_TINY, "n_kv_heads": 1, "use_qkv_bias": True, "use_parallel_residual": True},
+    ),
 }
 
 

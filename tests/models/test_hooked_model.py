@@ -155,7 +155,7 @@ def test_unknown_and_uncached_names_are_explained():
     _, cache = run(model, names=["hook_embed"])
     with pytest.raises(KeyError, match="was not kept by this run"):
         cache["blocks.0.hook_resid_pre"]
-    with pytest.raises(KeyError, match="did you mean 'blocks.0.hook_resid_pre'"):
+    with pytest.raises(KeyError, match=r"did you mean 'blocks\.0\.hook_resid_pre'"):
         cache["blocks.0.hook_resid_pr"]
     parallel = shared("gpt-neox")
     with pytest.raises(KeyError, match="parallel residual"):
