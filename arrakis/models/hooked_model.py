@@ -110,7 +110,7 @@ class HookedAutoModel(nn.Module):
             input_ids: token ids, [batch, pos] or [pos] (taken as a batch of one).
             names: None for every hook, an iterable of hook names, or a predicate on names.
         """
-        input_ids = self._check_input_ids(input_ids)
+        input_ids = self.check_input_ids(input_ids)
         wanted = set(select(names, self._hook_names, self.cfg))
         store: dict[str, Tensor] = {}
         with self._hooks(wanted, store, batch=input_ids.shape[0]), torch.no_grad():
@@ -122,7 +122,8 @@ class HookedAutoModel(nn.Module):
         ordered = {n: store[n] for n in self._hook_names if n in wanted}
         return output, ActivationCache(ordered, self.cfg, self._hook_names)
 
-    def _check_input_ids(self, input_ids: Tensor | Sequence) -> Tensor:
+    def check_input_ids(self, input_ids: Tensor | Sequence) -> Tensor:
+        """Token ids as a LongTensor [batch, pos] on the model's device, or a clear error."""
         if not isinstance(input_ids, Tensor):
             try:
                 input_ids = torch.as_tensor(input_ids)

@@ -1,0 +1,1 @@
+"""Compatibility re-exports: ``arrakis.src.bench.*`` as the original laid it out."""

@@ -1,0 +1,306 @@
+"""The WriteReadAnalyzer: which heads write to the residual stream, which read what was
+written, how heads compose, and which roles they play.
+
+The mathematics lives in ``arrakis.circuits`` (DESIGN.md §4-7); this module checks input,
+gathers weights and activations from the model, and wraps numbers in result objects.
+
+>>> import torch
+>>> from arrakis import HookedAutoConfig, HookedAutoModel
+>>> from arrakis.tools import WriteReadAnalyzer
+>>> torch.manual_seed(0) and None
+>>> write_read = WriteReadAnalyzer(HookedAutoModel(HookedAutoConfig("llama")))
+>>> heads = write_read.identify_write_heads(0)
+>>> heads.covered() >= 0.8 and all(layer == 0 for layer, _ in heads)
+True
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from arrakis.circuits import heads as head_math
+from arrakis.circuits.composition import MODES, check_mode, composition_baseline, composition_scores
+from arrakis.circuits.roles import DETECTORS, ROLES, repeated_random_tokens, role_scores
+from arrakis.models import HookedAutoModel
+from arrakis.tools.base import (
+    BaseInterpretabilityTool,
+    check_choice,
+    check_direction,
+    check_index,
+    check_layer,
+    check_threshold,
+)
+from arrakis.tools.results import Circuit, CircuitEdge, CompositionScores, HeadRoles, HeadSelection
+
+logger = logging.getLogger(__name__)
+
+CHANNELS = ("q", "k", "v", "qkv")
+
+
+class WriteReadAnalyzer(BaseInterpretabilityTool):
+    """Write heads, read heads, composition scores, head roles and circuits of one model."""
+
+    name = "write_read"
+
+    def __init__(self, model: HookedAutoModel) -> None:
+        super().__init__(model)
+        self._composition: dict[tuple[str, bool], tuple[object, CompositionScores]] = {}
+
+    # -- write heads -------------------------------------------------------------------------
+
+    def identify_write_heads(
+        self,
+        layer_idx: int,
+        threshold: float = 0.8,
+        *,
+        input_ids: Tensor | None = None,
+        direction: Tensor | None = None,
+    ) -> HeadSelection:
+        """The heads of a layer that make up ``threshold`` of its writing (DESIGN.md §4).
+
+        Scores: ||OV[h]||_F from the folded weights; with ``input_ids``, the mean size of what
+        each head actually writes, ||z[h] W_O[h]||; with ``direction`` u, only the part along
+        u (||OV[h] u^|| from weights, mean |<z[h] W_O[h], u^>| from data).
+        """
+        layer = check_layer(layer_idx, self.cfg.n_layers)
+        threshold = check_threshold(threshold)
+        u = None if direction is None else check_direction(direction, self.cfg.d_model)
+        weights = self.model.head_weights(folded=True)
+        W_V, W_O = weights.W_V[layer], weights.W_O[layer]
+        if input_ids is None:
+            scores = head_math.ov_norms(W_V, W_O) if u is None else head_math.ov_along(W_V, W_O, u)
+            method = "weights"
+        else:
+            name = f"blocks.{layer}.attn.hook_z"
+            _, cache = self.model.run_with_cache(input_ids, names=[name])
+            scores = head_math.write_scores_from_data(cache[name].float(), W_O.to(cache[name].device), u)
+            method = "data"
+        return self._select(layer, scores, threshold, method + ("-direction" if u is not None else ""))
+
+    # -- read heads --------------------------------------------------------------------------
+
+    def identify_read_heads(
+        self, layer_idx: int, dim_idx: Any, threshold: float = 0.8, *, channel: str = "qkv"
+    ) -> HeadSelection:
+        """The heads of a layer that make up ``threshold`` of its reading of ``dim_idx``.
+
+        ``dim_idx``: an int i (the residual basis direction e_i), a direction tensor [d_model],
+        a ``(layer, head)`` writer in an earlier layer (its output subspace, scored by
+        composition), or a string token (its embedding direction; needs a tokenizer).
+        ``channel``: "q", "k", "v", or "qkv" (root mean square of the three).
+        """
+        layer = check_layer(layer_idx, self.cfg.n_layers)
+        threshold = check_threshold(threshold)
+        channel = check_choice(channel, CHANNELS, "channel")
+        channels = ("q", "k", "v") if channel == "qkv" else (channel,)
+        if isinstance(dim_idx, tuple):
+            per_channel, baseline, what = self._read_writer(layer, dim_idx, channels)
+            method = f"composition-{channel}"
+        else:
+            u, what = self._read_direction(dim_idx)
+            weights = self.model.head_weights(folded=True)
+            per_channel = {c: head_math.read_scores(getattr(weights, f"W_{c.upper()}")[layer], u) for c in channels}
+            baseline, method = 1.0, f"direction-{channel}"
+        stacked = torch.stack([per_channel[c] for c in channels])  # [channel, head]
+        scores = stacked.pow(2).mean(0).sqrt()  # root mean square over channels
+        notes = []
+        if self.cfg.n_kv_heads < self.cfg.n_heads and set(channels) & {"k", "v"}:
+            notes.append(
+                f"grouped-query attention: {self.cfg.group_size} query heads share each K/V head, "
+                "so their K and V scores are equal"
+            )
+        extra = {"dim": what, "channel": channel, "per_channel": {c: per_channel[c].tolist() for c in channels}}
+        return self._select(layer, scores, threshold, method, baseline=baseline, notes=notes, extra=extra)
+
+    def _read_direction(self, dim_idx: Any) -> tuple[Tensor, str]:
+        d_model = self.cfg.d_model
+        if isinstance(dim_idx, str):
+            return self._token_direction(dim_idx), f"token {dim_idx!r}"
+        if isinstance(dim_idx, Tensor) and dim_idx.dim() == 0 and not dim_idx.dtype.is_floating_point:
+            dim_idx = int(dim_idx)
+        if isinstance(dim_idx, Tensor):
+            return check_direction(dim_idx, d_model, "dim_idx"), "direction"
+        i = check_index(dim_idx, d_model, "dim_idx", "residual dimensions (d_model)")
+        basis = torch.zeros(d_model)
+        basis[i] = 1.0
+        return basis, f"e_{i}"
+
+    def _token_direction(self, token: str) -> Tensor:
+        tokenizer = self.model.tokenizer
+        if tokenizer is None:
+            raise ValueError(
+                f"dim_idx {token!r} is a token, but this model has no tokenizer; pass an int "
+                "(a residual dimension), a direction tensor or a (layer, head) writer"
+            )
+        ids = tokenizer.encode(token, add_special_tokens=False)
+        if len(ids) != 1:
+            raise ValueError(f"dim_idx {token!r} is {len(ids)} tokens ({ids}); pass a string that is one token")
+        return self.model.hf_model.get_input_embeddings().weight[ids[0]].detach().float()
+
+    def _read_writer(
+        self, layer: int, writer: tuple, channels: tuple[str, ...]
+    ) -> tuple[dict[str, Tensor], float, str]:
+        if len(writer) != 2:
+            raise ValueError(f"a writer head is a (layer, head) pair, got {writer!r}")
+        if layer == 0:
+            raise ValueError("layer 0 has no earlier layer to read a writer head from; use a direction instead")
+        w_layer = check_index(writer[0], layer, "writer layer", f"layers before layer {layer}")
+        w_head = check_index(writer[1], self.cfg.n_heads, "writer head", "heads per layer")
+        w = self.model.head_weights(folded=True)
+        pick = [w_layer, layer]  # a two-layer stack: the writer's layer, then the reader's
+        scores = composition_scores(
+            w.W_Q[pick], w.W_K[pick], w.W_V[pick], w.W_O[pick], tuple(c.upper() for c in channels)
+        )
+        per_channel = {c: scores[c.upper()][0, w_head, 1] for c in channels}
+        return per_channel, composition_baseline(self.cfg.d_model), f"writer L{w_layer}H{w_head}"
+
+    def _select(
+        self,
+        layer: int,
+        scores: Tensor,
+        threshold: float,
+        method: str,
+        *,
+        baseline: float | None = None,
+        notes: list[str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> HeadSelection:
+        scores = scores.detach().float().cpu()
+        chosen = head_math.select_by_share(scores, threshold)
+        return HeadSelection(
+            [(layer, h) for h in chosen],
+            layer=layer,
+            scores=scores.tolist(),
+            shares=head_math.shares(scores).tolist(),
+            method=method,
+            threshold=threshold,
+            baseline=baseline,
+            notes=notes,
+            extra=extra,
+        )
+
+    # -- composition -------------------------------------------------------------------------
+
+    def composition_scores(self, mode: str = "K", *, folded: bool = True) -> CompositionScores:
+        """Q-, K- or V-composition scores of every writer -> reader pair (DESIGN.md §6).
+
+        [n_layers, n_heads, n_layers, n_heads], zero where the writer's layer is not
+        earlier; ``.baseline`` is 1/sqrt(d_model). Computed once per mode and weights.
+        """
+        mode = check_mode(mode)
+        weights = self.model.head_weights(folded=bool(folded))
+        cached = self._composition.get((mode, bool(folded)))
+        if cached is None or cached[0] is not weights:
+            logger.info("computing %s-composition scores", mode)
+            scores = composition_scores(weights.W_Q, weights.W_K, weights.W_V, weights.W_O, (mode,))[mode]
+            result = CompositionScores(
+                scores.cpu(), mode=mode, folded=bool(folded), baseline=composition_baseline(self.cfg.d_model)
+            )
+            cached = (weights, result)
+            self._composition[(mode, bool(folded))] = cached
+        return cached[1]
+
+    # -- head roles --------------------------------------------------------------------------
+
+    def head_roles(
+        self,
+        input_ids: Tensor | None = None,
+        *,
+        seq_len: int = 32,
+        n_repeats: int = 2,
+        n_sequences: int = 4,
+        seed: int = 0,
+    ) -> HeadRoles:
+        """Previous-token, duplicate-token and induction scores of every head (DESIGN.md §7).
+
+        By default on ``n_sequences`` sequences of ``seq_len`` random tokens repeated
+        ``n_repeats`` times (after a BOS token where the tokenizer has one).
+        """
+        if input_ids is None:
+            for value, what in ((seq_len, "seq_len"), (n_repeats, "n_repeats"), (n_sequences, "n_sequences")):
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise ValueError(f"{what} must be a positive int, got {value!r}")
+            if n_repeats < 2:
+                logger.warning("n_repeats=1: nothing repeats, so induction and duplicate scores will be ~0")
+            bos = getattr(self.model.tokenizer, "bos_token_id", None)
+            tokens = repeated_random_tokens(self.cfg.d_vocab, seq_len, n_repeats, n_sequences, seed, bos)
+            source = f"repeated random tokens (seq_len={seq_len}, n_repeats={n_repeats}, seed={seed})"
+        else:
+            tokens, source = input_ids, "input_ids"
+        tokens = self.model.check_input_ids(tokens)
+        _, cache = self.model.run_with_cache(tokens, names=lambda n: n.endswith("attn.hook_pattern"))
+        detections = {role: DETECTORS[role](tokens).float() for role in ROLES}
+        scores = {role: torch.zeros(self.cfg.n_layers, self.cfg.n_heads) for role in ROLES}
+        for layer in range(self.cfg.n_layers):
+            pattern = cache["pattern", layer].float()
+            for role in ROLES:
+                scores[role][layer] = role_scores(pattern, detections[role].to(pattern.device)).cpu()
+        return HeadRoles(**scores, n_tokens=tokens.shape[1], n_sequences=tokens.shape[0], source=source)
+
+    # -- circuits ----------------------------------------------------------------------------
+
+    def circuits(
+        self,
+        mode: str = "K",
+        *,
+        writer_role: str | None = None,
+        reader_role: str | None = None,
+        role_threshold: float = 0.3,
+        min_ratio: float = 2.0,
+        top_k: int | None = 20,
+        roles: HeadRoles | None = None,
+        folded: bool = True,
+    ) -> Circuit:
+        """Writer -> reader edges scoring at least ``min_ratio`` x the baseline, with roles.
+
+        ``circuits("K", writer_role="previous_token", reader_role="induction")`` is the
+        induction circuit: previous-token heads whose output induction heads read as keys.
+        A role filter keeps heads scoring at least ``role_threshold`` for that role.
+        """
+        mode = check_mode(mode)
+        for role in (writer_role, reader_role):
+            if role is not None:
+                check_choice(role, ROLES, "head role")
+        if not min_ratio > 0:
+            raise ValueError(f"min_ratio must be positive, got {min_ratio}")
+        comp = self.composition_scores(mode, folded=folded)
+        roles = roles if roles is not None else self.head_roles()
+        keep = comp.tensor >= min_ratio * comp.baseline  # [L, H, L, H]
+        if writer_role:
+            keep &= (roles.scores(writer_role) >= role_threshold)[:, :, None, None]
+        if reader_role:
+            keep &= (roles.scores(reader_role) >= role_threshold)[None, None, :, :]
+        index = keep.nonzero().tolist()
+        values = [float(comp.tensor[tuple(i)]) for i in index]
+        order = sorted(range(len(index)), key=lambda k: -values[k])[: top_k if top_k is not None else None]
+
+        def role_dict(layer: int, head: int) -> dict[str, float]:
+            return {role: round(float(roles.scores(role)[layer, head]), 4) for role in ROLES}
+
+        edges = [
+            CircuitEdge(
+                writer=(index[k][0], index[k][1]),
+                reader=(index[k][2], index[k][3]),
+                score=values[k],
+                ratio=values[k] / comp.baseline,
+                writer_roles=role_dict(index[k][0], index[k][1]),
+                reader_roles=role_dict(index[k][2], index[k][3]),
+            )
+            for k in order
+        ]
+        return Circuit(
+            edges,
+            mode=mode,
+            baseline=comp.baseline,
+            min_ratio=min_ratio,
+            writer_role=writer_role,
+            reader_role=reader_role,
+            role_threshold=role_threshold if (writer_role or reader_role) else None,
+        )
+
+
+__all__ = ["CHANNELS", "MODES", "WriteReadAnalyzer"]
