@@ -1,6 +1,7 @@
 """``make bench``: run every benchmark in this folder."""
 
-from benchmarks import bench_hooked_forward
+from benchmarks import bench_composition, bench_hooked_forward
 
 if __name__ == "__main__":
     bench_hooked_forward.main()
+    bench_composition.main()
