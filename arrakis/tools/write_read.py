@@ -108,7 +108,7 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         stacked = torch.stack([per_channel[c] for c in channels])  # [channel, head]
         scores = stacked.pow(2).mean(0).sqrt()  # root mean square over channels
         notes = []
-        if self.cfg.n_kv_heads < self.cfg.n_heads and set(channels) & {"k", "v"}:
+        if self.cfg.n_kv_heads < self.cfg.n_heads and set(channels) & {"k", "v"} and method.startswith("direction"):
             notes.append(
                 f"grouped-query attention: {self.cfg.group_size} query heads share each K/V head, "
                 "so their K and V scores are equal"
