@@ -30,7 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
 
 from arrakis.models.adapters import adapter_for
 
@@ -146,8 +152,20 @@ def _check_supported(folder: Path, **kwargs: Any) -> None:
     adapter_for(config.model_type)  # an unsupported architecture fails before any weights load
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+GENERIC_TOKENIZERS = ("TokenizersBackend", "PreTrainedTokenizerFast")
+
+
 def _tokenizer(folder: Path, **kwargs: Any) -> Any:
+    """The tokenizer saved beside the weights (or inside the GGUF file), else None."""
+    if "gguf_file" not in kwargs and not any((folder / name).is_file() for name in TOKENIZER_FILES):
+        return None  # transformers would otherwise build an empty tokenizer from the model type
     try:
+        config = folder / "tokenizer_config.json"
+        declared = json.loads(config.read_text()).get("tokenizer_class") if config.is_file() else None
+        if declared in GENERIC_TOKENIZERS and (folder / "tokenizer.json").is_file():
+            # a plain tokenizers file: AutoTokenizer would pick the model type's class instead
+            return PreTrainedTokenizerFast.from_pretrained(folder, local_files_only=True)
         return AutoTokenizer.from_pretrained(folder, local_files_only=True, **kwargs)
     except (OSError, ValueError, TypeError, KeyError) as err:
         logger.info("no tokenizer beside %s (%s): prompts must be token ids", folder, err)
