@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -165,19 +165,28 @@ class HookedAutoModel(nn.Module):
         """Run the model and cache every activation: ``output, cache = model(input_ids)``."""
         return self.run_with_cache(input_ids)
 
-    def run_with_cache(self, input_ids: Tensor | Sequence, names: NamesFilter = None) -> tuple[Any, ActivationCache]:
+    def run_with_cache(
+        self,
+        input_ids: Tensor | Sequence,
+        names: NamesFilter = None,
+        *,
+        transform: Callable[[str, Tensor], Tensor] | None = None,
+    ) -> tuple[Any, ActivationCache]:
         """Run the model, keeping the activations named by ``names``.
 
         Args:
             input_ids: token ids, [batch, pos] or [pos] (taken as a batch of one).
             names: None for every hook, an iterable of hook names, or a predicate on names.
+            transform: applied to each kept activation as it is captured, ``transform(name,
+                tensor)``, e.g. to keep only some positions of a long prompt.
         """
         input_ids = self.check_input_ids(input_ids)
         wanted = set(select(names, self._hook_names, self.cfg))
         store: dict[str, Tensor] = {}
-        with self._hooks(wanted, store, batch=input_ids.shape[0]), torch.no_grad():
+        with self._hooks(wanted, store, batch=input_ids.shape[0], transform=transform), torch.no_grad():
             output = self.hf_model(input_ids=input_ids, use_cache=False)
-        store["logits"] = output.logits
+        if "logits" in wanted:
+            store["logits"] = transform("logits", output.logits) if transform else output.logits
         missing = wanted - set(store)
         if missing:  # an adapter pointing at a module the forward pass never calls
             raise RuntimeError(f"hooks did not fire for {sorted(missing)} ({self.cfg.family} adapter)")
@@ -258,26 +267,35 @@ class HookedAutoModel(nn.Module):
         return plan
 
     @contextmanager
-    def _hooks(self, names: set[str], store: dict[str, Tensor], batch: int) -> Iterator[None]:
+    def _hooks(
+        self,
+        names: set[str],
+        store: dict[str, Tensor],
+        batch: int,
+        transform: Callable[[str, Tensor], Tensor] | None = None,
+    ) -> Iterator[None]:
         """Register the capturing hooks for one call; always remove them afterwards."""
         plan = self._capture_plan(names, batch)
-        handles = []
+
+        def keep(name: str, tensor: Tensor) -> None:
+            store[name] = transform(name, tensor.detach()) if transform else tensor.detach()
 
         def make(captures: list[tuple[str, Capture]], pre: bool) -> Callable:
             if pre:
 
                 def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
                     for name, capture in captures:
-                        store[name] = capture(args, kwargs, None).detach()
+                        keep(name, capture(args, kwargs, None))
 
                 return pre_hook
 
             def post_hook(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
                 for name, capture in captures:
-                    store[name] = capture(args, kwargs, out).detach()
+                    keep(name, capture(args, kwargs, out))
 
             return post_hook
 
+        handles = []
         try:
             for (module, pre), captures in plan.items():
                 if pre:
@@ -288,6 +306,57 @@ class HookedAutoModel(nn.Module):
         finally:
             for handle in handles:
                 handle.remove()
+
+    # -- interventions ---------------------------------------------------------------------
+
+    def run_with_attention_knockout(
+        self, input_ids: Tensor | Sequence, knockouts: Mapping[int, Sequence[tuple[int | None, int, int]]]
+    ) -> Any:
+        """Run the model with attention edges blocked (attention knockout, Geva et al. 2023).
+
+        ``knockouts`` maps a layer to ``(head, query_pos, key_pos)`` edges; ``head`` None
+        blocks the edge in every head. An edge is blocked by setting its pre-softmax score
+        to the most negative float, through the additive attention mask each layer receives,
+        so the rest of the row is renormalised exactly as softmax would. Returns Hugging
+        Face's output; hooks are removed afterwards, also when the forward pass raises.
+        """
+        input_ids = self.check_input_ids(input_ids)
+        n_pos, handles = input_ids.shape[1], []
+        layers = module_at(self.hf_model, self.adapter.layers)
+        for layer, edges in knockouts.items():
+            check = f"knockout layer {layer}"
+            if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.cfg.n_layers:
+                raise ValueError(f"{check} is out of range: this model has {self.cfg.n_layers} layers")
+            for head, query, key in edges:
+                if head is not None and not 0 <= head < self.cfg.n_heads:
+                    raise ValueError(f"{check}: head {head} is out of range (0-{self.cfg.n_heads - 1})")
+                if not 0 <= key <= query < n_pos:
+                    raise ValueError(f"{check}: edge {query} -> {key} must satisfy 0 <= key <= query < {n_pos}")
+        try:
+            for layer, edges in knockouts.items():
+                attn = module_at(layers[layer], self.adapter.attn)
+                handles.append(attn.register_forward_pre_hook(self._knockout_hook(list(edges)), with_kwargs=True))
+            with torch.no_grad():
+                return self.hf_model(input_ids=input_ids, use_cache=False)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def _knockout_hook(self, edges: list[tuple[int | None, int, int]]) -> Callable:
+        n_heads = self.cfg.n_heads
+
+        def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            mask = kwargs.get("attention_mask")
+            if mask is None or mask.dim() != 4 or not mask.dtype.is_floating_point:
+                raise RuntimeError(f"attention knockout needs an additive 4-D float mask, got {type(mask).__name__}")
+            # [batch, 1, query_pos, key_pos] -> one mask per head
+            mask = mask.expand(mask.shape[0], n_heads, *mask.shape[2:]).clone()
+            blocked = torch.finfo(mask.dtype).min
+            for head, query, key in edges:
+                mask[:, slice(None) if head is None else head, query, key] = blocked
+            return args, {**kwargs, "attention_mask": mask}
+
+        return hook
 
     # -- weights ---------------------------------------------------------------------------
 

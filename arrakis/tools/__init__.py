@@ -2,6 +2,7 @@
 registry the bench starts from, keyed by the name ``use_tools`` passes."""
 
 from arrakis.tools.base import BaseInterpretabilityTool
+from arrakis.tools.information_flow import FlowPath, HeadFlow, InformationFlow, LayerFlow
 from arrakis.tools.results import Circuit, CircuitEdge, CompositionScores, HeadRoles, HeadSelection
 from arrakis.tools.write_read import WriteReadAnalyzer
 
@@ -13,7 +14,11 @@ __all__ = [
     "Circuit",
     "CircuitEdge",
     "CompositionScores",
+    "FlowPath",
+    "HeadFlow",
     "HeadRoles",
     "HeadSelection",
+    "InformationFlow",
+    "LayerFlow",
     "WriteReadAnalyzer",
 ]

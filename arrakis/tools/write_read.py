@@ -34,6 +34,7 @@ from arrakis.tools.base import (
     check_layer,
     check_threshold,
 )
+from arrakis.tools.information_flow import InformationFlow, resolve_layers, resolve_positions, trace
 from arrakis.tools.results import Circuit, CircuitEdge, CompositionScores, HeadRoles, HeadSelection
 
 logger = logging.getLogger(__name__)
@@ -203,6 +204,46 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
             cached = (weights, result)
             self._composition[(mode, bool(folded))] = cached
         return cached[1]
+
+    # -- information flow -----------------------------------------------------------------
+
+    def trace_information_flow(
+        self,
+        input_ids: Tensor,
+        src_token: int | str | None = None,
+        dst_token: int | str | None = None,
+        n_layers: int | None = 2,
+        *,
+        src_pos: int | None = None,
+        dst_pos: int | None = None,
+        layers: list[int] | None = None,
+        top_k: int = 5,
+        n_paths: int = 5,
+        min_edge_flow: float = 0.01,
+        verify: bool = False,
+        batch_index: int | None = None,
+    ) -> InformationFlow:
+        """How much of what position src holds reaches position dst, layer by layer, which
+        heads carry it and by which paths (DESIGN.md §8; Ferrando & Voita 2024).
+
+        dst is the last occurrence of ``dst_token``, src the last occurrence of ``src_token``
+        before it (token ids, or strings where the model has a tokenizer); or give
+        ``src_pos``/``dst_pos``. Layers: the first ``n_layers`` (None: all), or ``layers``.
+        One forward pass keeps only the rows between src and dst. The result behaves as
+        the list of flows f_l(dst), one per analysed layer. ``verify=True`` adds attention
+        knockout of the dst -> src edge (per layer, then per top head): the KL divergence
+        of dst's next-token distribution and the change in its top token's probability.
+        """
+        ids, src, dst = resolve_positions(self.model, input_ids, src_token, dst_token, src_pos, dst_pos, batch_index)
+        chosen = resolve_layers(n_layers, layers, self.cfg.n_layers)
+        for value, what in ((top_k, "top_k"), (n_paths, "n_paths")):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{what} must be a positive int, got {value!r}")
+        if not 0 <= min_edge_flow <= 1:
+            raise ValueError(f"min_edge_flow must be in [0, 1], got {min_edge_flow}")
+        return trace(
+            self.model, ids, src, dst, chosen, top_k=top_k, n_paths=n_paths, min_edge_flow=min_edge_flow, verify=verify
+        )
 
     # -- head roles --------------------------------------------------------------------------
 
