@@ -99,8 +99,8 @@ class HookedAutoConfig:
         kwargs = {**self.adapter.defaults, **self._translate(hf_kwargs)}
         if self.adapter.derive is not None:
             kwargs = self.adapter.derive(kwargs)
+        kwargs = self._drop_special_ids_outside_vocab(kwargs)
         self.hf_config: PretrainedConfig = AutoConfig.for_model(self.adapter.model_type, **kwargs)
-        self._drop_special_ids_outside_vocab(set(hf_kwargs))
         # Patterns are only materialised by the eager attention implementation.
         self.hf_config._attn_implementation = "eager"
 
@@ -128,14 +128,16 @@ class HookedAutoConfig:
             out[key] = value
         return out
 
-    def _drop_special_ids_outside_vocab(self, given: set[str]) -> None:
+    def _drop_special_ids_outside_vocab(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         # A family's default bos/eos/pad ids (Phi-3's pad is 32000) would not fit a smaller
         # vocabulary asked for here; an id the user did not choose is dropped, not kept invalid.
-        vocab = self.hf_config.vocab_size
+        default = AutoConfig.for_model(self.adapter.model_type)
+        vocab = kwargs.get(self.adapter.fields["d_vocab"], default.vocab_size)
         for field in ("bos_token_id", "eos_token_id", "pad_token_id"):
-            value = getattr(self.hf_config, field, None)
-            if field not in given and isinstance(value, int) and value >= vocab:
-                setattr(self.hf_config, field, None)
+            value = getattr(default, field, None)
+            if field not in kwargs and isinstance(value, int) and value >= vocab:
+                kwargs[field] = None
+        return kwargs
 
     def _known_fields(self) -> set[str]:
         default = AutoConfig.for_model(self.adapter.model_type)

@@ -414,7 +414,7 @@ def _knockout(model, ids, src, dst, layers, top_heads, clean_logits) -> dict[str
         "p_top": float(clean[top].exp()),
         "next_token": following,
         "p_next": None if following is None else float(clean[following].exp()),
-        "layers": {layer: effect({layer: [(None, dst, src)]}) for layer in layers},
+        "layers": [{"layer": layer, **effect({layer: [(None, dst, src)]})} for layer in layers],
         "heads": [{"layer": layer, "head": head, **effect({layer: [(head, dst, src)]})} for layer, head in top_heads],
         "all_layers": effect({layer: [(None, dst, src)] for layer in layers}),
     }

@@ -202,13 +202,16 @@ def test_circuits_keep_edges_above_the_baseline_between_the_asked_roles(llama):
 def planted_previous_token_model() -> HookedAutoModel:
     """GPT-2 whose head 0 of layer 0 attends to the previous position.
 
-    Positions embed as (cos a i, sin a i, -cos a i, -sin a i, 0, ...) (mean zero, constant
+    Positions embed as (cos a i, sin a i, -cos a i, -sin a i, content_i) (mean zero, constant
     norm, so LayerNorm only rescales) and tokens embed as 0. Head 0's W_Q rotates by -a, so
     q_i . k_j = s cos(a (i - 1 - j)), largest at j = i - 1 for a * n_ctx < pi.
     """
     n_ctx, d_model = 32, 64
+    torch.manual_seed(0)  # the other weights are Hugging Face's random init
     model = HookedAutoModel(
-        HookedAutoConfig("gpt2", n_layers=1, d_model=d_model, n_heads=4, d_vocab=64, n_ctx=n_ctx, d_mlp=64)
+        HookedAutoConfig(
+            "gpt2", n_layers=1, d_model=d_model, n_heads=4, d_vocab=64, n_ctx=n_ctx, d_mlp=64, tie_word_embeddings=False
+        )
     )
     t = model.hf_model.transformer
     angle, scale = math.pi / (2 * n_ctx), 2000.0
@@ -216,9 +219,13 @@ def planted_previous_token_model() -> HookedAutoModel:
         t.wte.weight.zero_()
         i = torch.arange(n_ctx).float()
         t.wpe.weight.zero_()
-        t.wpe.weight[:, :4] = torch.stack(
-            [(angle * i).cos(), (angle * i).sin(), -(angle * i).cos(), -(angle * i).sin()], 1
-        )
+        cos, sin = (angle * i).cos(), (angle * i).sin()
+        t.wpe.weight[:, :4] = torch.stack([cos, sin, -cos, -sin], 1)
+        # content: a centred unit vector per position in the other dimensions, so values
+        # differ between positions while LayerNorm's scale stays the same everywhere
+        content = torch.randn(n_ctx, d_model - 4, generator=torch.Generator().manual_seed(0))
+        content -= content.mean(-1, keepdim=True)
+        t.wpe.weight[:, 4:] = content / content.norm(dim=-1, keepdim=True)
         W = t.h[0].attn.c_attn.weight  # Conv1D [d_model, 3 * d_model]: columns [q | k | v]
         W[:, :16] = 0.0
         W[:, d_model : d_model + 16] = 0.0
