@@ -1,7 +1,8 @@
 """``make bench``: run every benchmark in this folder."""
 
-from benchmarks import bench_composition, bench_hooked_forward
+from benchmarks import bench_composition, bench_hooked_forward, bench_information_flow
 
 if __name__ == "__main__":
     bench_hooked_forward.main()
     bench_composition.main()
+    bench_information_flow.main()

@@ -31,43 +31,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks._memory import measure_once, proc_status
+
 REPO = Path(__file__).resolve().parents[1]
 MODES = ("Q", "K", "V")
 TL_TIMEOUT_S = 240
 GIB = 2**30
-
-
-# ----------------------------------------------------------------------------- memory helpers
-
-
-def _proc_status(field: str) -> int | None:
-    """A field of /proc/self/status in bytes (VmRSS, VmHWM, VmSize), or None off Linux."""
-    try:
-        text = Path("/proc/self/status").read_text()
-    except OSError:
-        return None
-    match = re.search(rf"^{field}:\s+(\d+) kB", text, re.MULTILINE)
-    return int(match.group(1)) * 1024 if match else None
-
-
-def _reset_peak() -> bool:
-    """Reset this process's resident high-water mark (VmHWM) to its current RSS."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        return False
-    return True
-
-
-def measure_once(fn):
-    """Run fn once: (result, seconds, peak extra resident bytes or None)."""
-    before = _proc_status("VmRSS")
-    can_peak = before is not None and _reset_peak()
-    start = time.perf_counter()
-    result = fn()
-    seconds = time.perf_counter() - start
-    peak = _proc_status("VmHWM") if can_peak else None
-    return result, seconds, (peak - before if peak is not None else None)
 
 
 def mem_available() -> int | None:
@@ -147,7 +116,7 @@ def _child_tl(job: dict) -> dict:
     bridge = TransformerBridge.boot_transformers(
         str(model_dir), hf_model=hf_model, tokenizer=AutoTokenizer.from_pretrained(model_dir)
     )
-    address_space = _proc_status("VmSize")
+    address_space = proc_status("VmSize")
     try:
         scores, seconds, peak = measure_once(lambda: bridge.all_composition_scores(mode).scores)
     except (MemoryError, RuntimeError) as e:  # CPU allocation failures are RuntimeErrors in torch

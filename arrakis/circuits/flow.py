@@ -29,7 +29,7 @@ def l1(x: Tensor) -> Tensor:
 
 
 def part_importances(
-    y: Tensor, residual: Tensor, pattern: Tensor, value_out: Tensor, b_O: Tensor
+    y: Tensor, residual: Tensor, pattern: Tensor, value_out: Tensor, b_O: Tensor, *, out: Tensor | None = None
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Normalised proximities of every part of a few rows.
 
@@ -39,29 +39,53 @@ def part_importances(
         pattern: [head, rows, keys] attention weights of those rows.
         value_out: [keys, head, D] v_j W_O[h] for every key position j.
         b_O: [D] the output bias.
+        out: optional scratch space of at least rows * keys * D floats, reused between calls.
 
     Returns:
         (residual [rows], heads [head, rows, keys], bias [rows]); for each row they are
         non-negative and sum to 1 (or are all 0 if no part is close to the whole).
     """
+    n_heads, n_rows, n_keys = pattern.shape
     norm_y = l1(y)  # [rows]
-    # [head, rows, keys, 1] * [head, 1, keys, D] -> [head, rows, keys, D]
-    parts = pattern[..., None] * value_out.transpose(0, 1)[:, None]
-    heads = (norm_y[None, :, None] - l1(y[None, :, None, :] - parts)).clamp_min(0)
+    heads = torch.empty(n_heads, n_rows, n_keys, dtype=y.dtype, device=y.device)
+    size = n_rows * n_keys * y.shape[-1]
+    if out is None or out.numel() < size:
+        out = torch.empty(size, dtype=y.dtype, device=y.device)
+    diff = out[:size].view(n_rows, n_keys, y.shape[-1])
+    for h in range(n_heads):  # one head at a time: [rows, keys, D] of scratch, reused
+        # y - A[h, i, j] v_j W_O[h]: [rows, 1, D] - [rows, keys, 1] * [1, keys, D]
+        torch.addcmul(y[:, None, :], pattern[h, :, :, None], value_out[None, :, h], value=-1.0, out=diff)
+        heads[h] = norm_y[:, None] - torch.linalg.vector_norm(diff, ord=1, dim=-1)
+    heads.clamp_min_(0)
     res = (norm_y - l1(y - residual)).clamp_min(0)
     bias = (norm_y - l1(y - b_O)).clamp_min(0)
     total = res + heads.sum((0, 2)) + bias
     scale = torch.where(total > 0, 1 / total.clamp_min(torch.finfo(total.dtype).tiny), 0.0)
-    return res * scale, heads * scale[None, :, None], bias * scale
+    return res * scale, heads.mul_(scale[None, :, None]), bias * scale
 
 
 def chunked_importances(
-    y: Tensor, residual: Tensor, pattern: Tensor, value_out: Tensor, b_O: Tensor, *, budget: int = 1 << 25
+    y: Tensor,
+    residual: Tensor,
+    pattern: Tensor,
+    value_out: Tensor,
+    b_O: Tensor,
+    *,
+    first_key_row: int = 0,
+    budget: int = 1 << 22,
 ):
-    """``part_importances`` a chunk of rows at a time, so that the [head, rows, keys, D]
-    intermediate stays under ``budget`` floats. Yields (row slice, res, heads, bias)."""
-    n_heads, n_rows, n_keys = pattern.shape
-    chunk = max(1, budget // max(1, n_heads * n_keys * y.shape[-1]))
+    """``part_importances`` a chunk of rows at a time, with a scratch space of about
+    ``budget`` floats reused throughout. Row r is query position ``first_key_row + r``, so a
+    chunk only needs the keys up to its last row (attention is causal): the heads tensor it
+    yields is [head, chunk_rows, keys of the chunk]. Yields (row slice, res, heads, bias)."""
+    _, n_rows, n_keys = pattern.shape
+    d_model = y.shape[-1]
+    chunk = max(1, min(n_rows, budget // max(1, n_keys * d_model)))
+    scratch = torch.empty(chunk * n_keys * d_model, dtype=y.dtype, device=y.device)
     for start in range(0, n_rows, chunk):
         rows = slice(start, min(start + chunk, n_rows))
-        yield (rows, *part_importances(y[rows], residual[rows], pattern[:, rows], value_out, b_O))
+        keys = min(n_keys, first_key_row + rows.stop)
+        yield (
+            rows,
+            *part_importances(y[rows], residual[rows], pattern[:, rows, :keys], value_out[:keys], b_O, out=scratch),
+        )

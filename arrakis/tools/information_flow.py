@@ -278,12 +278,14 @@ def trace(
         f_new = torch.zeros(n_keys)
         layer_pointers = torch.zeros(n_rows, n_paths, 3, dtype=torch.long)
         new_beam = torch.zeros(n_rows, n_paths)
-        for rows, imp_res, imp_heads, imp_bias in chunked_importances(y, residual, pattern, value_out, b_O):
+        chunks = chunked_importances(y, residual, pattern, value_out, b_O, first_key_row=src)
+        for rows, imp_res, imp_heads, imp_bias in chunks:
             positions = torch.arange(rows.start, rows.stop) + src
-            carried = imp_heads @ f_prev  # [head, rows, keys] x [keys] -> [head, rows]
+            f_keys = f_prev[: imp_heads.shape[-1]]  # this chunk's keys
+            carried = imp_heads @ f_keys  # [head, rows, keys] x [keys] -> [head, rows]
             f_new[positions] = imp_res * f_prev[positions] + carried.sum(0)
             _follow_paths(beam, imp_res, imp_heads[:, :, src:], rows, new_beam, layer_pointers)
-            edges += _edges(layer, positions, imp_res, imp_heads, f_prev, min_edge_flow)
+            edges += _edges(layer, positions, imp_res, imp_heads, f_keys, min_edge_flow)
             if rows.stop == n_rows:  # the chunk holding dst: record its detail
                 layer_flows.append(
                     _layer_detail(layer, f_new[dst], imp_res, imp_heads, imp_bias, carried, pattern, value_out, src)
@@ -359,10 +361,10 @@ def _follow_paths(beam, imp_res, imp_heads, rows, new_beam, pointers) -> None:
     beam [rows, k]: best path scores ending at each row before the layer; imp_heads
     [head, chunk_rows, rows]: importances from each source row. Candidates are extended by
     a head hop (any earlier row) or a residual hop (same row)."""
-    n_heads, chunk, n_rows = imp_heads.shape
-    k = beam.shape[1]
+    n_heads, chunk, n_sources = imp_heads.shape
+    n_rows, k = beam.shape
     weights = torch.zeros(chunk, n_heads + 1, n_rows)
-    weights[:, :n_heads] = imp_heads.transpose(0, 1)
+    weights[:, :n_heads, :n_sources] = imp_heads.transpose(0, 1)
     rows_here = torch.arange(rows.start, rows.stop)
     weights[torch.arange(chunk), n_heads, rows_here] = imp_res  # residual: stay in place
     # [chunk, head + 1, rows, 1] * [1, 1, rows, k] -> candidate scores
