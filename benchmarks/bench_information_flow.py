@@ -32,13 +32,11 @@ def main() -> None:
         lambda: tool.trace_information_flow(ids, src_pos=0, dst_pos=N_TOKENS - 1, n_layers=None)
     )
     dense = N_TOKENS**2 * c.n_heads * c.d_model * 4 * c.n_layers
-    print(
-        f"information flow, embedded model ({c.n_layers} layers x {c.n_heads} heads), {N_TOKENS} tokens, src 0 -> dst {N_TOKENS - 1}"
-    )
+    shape = f"{c.n_layers} layers x {c.n_heads} heads"
+    print(f"information flow, embedded model ({shape}), {N_TOKENS} tokens, src 0 -> dst {N_TOKENS - 1}")
     print(f"  plain forward pass          {t_forward:7.2f} s   peak extra {_mib(m_forward)}   (baseline)")
-    print(
-        f"  trace_information_flow      {t_flow:7.2f} s   peak extra {_mib(m_flow)}   x{t_flow / t_forward:.0f} the forward pass"
-    )
+    ratio = t_flow / t_forward
+    print(f"  trace_information_flow      {t_flow:7.2f} s   peak extra {_mib(m_flow)}   x{ratio:.0f} the forward pass")
     print(f"  dense parts (T^2 x H x D x layers, float32) would be {dense / 2**30:.0f} GiB")
     print(f"  final flow {flow[-1]:.4f}, top heads {flow.top_heads[:3]}")
 
