@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml Makefile | $(BIN)/python
 	touch $(STAMP)
 
 run: install
-	$(BIN)/python -m arrakis analyze
+	$(BIN)/arrakis analyze
 
 lint: install
 	$(BIN)/ruff check arrakis tests benchmarks

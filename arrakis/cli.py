@@ -1,26 +1,49 @@
 """The ``arrakis`` command line. It only calls the library and prints what it returns.
 
-arrakis analyze [MODEL]        the main job: write heads, previous-token and induction
-                               heads of every layer, the induction circuit, and the read
-                               heads of one layer for one writer (default: the embedded
-                               SmolLM2-135M-Instruct)
-arrakis summary [FAMILY ...]   build the small default model of each family and print
-                               its shape and the cached hook names with their shapes
+    arrakis models                       the families and the embedded model
+    arrakis analyze [--model PATH]       the main job (make run): write heads and head roles per
+                                         layer, the induction circuit, the read heads of one layer
+    arrakis heads [--model PATH] [--layer L] [--threshold T]
+                                         write heads (and previous-token / induction scores)
+    arrakis circuits [--model PATH] [--mode K] [--writer-role R] [--reader-role R]
+    arrakis flow --prompt TEXT --src TOKEN --dst TOKEN [--layers N] [--verify]
+    arrakis report --out FILE [--model PATH] [--prompt TEXT --src TOKEN --dst TOKEN]
+    arrakis summary [FAMILY ...]         shape summaries of the small random models
+    arrakis experiments list|show|export [--save-dir DIR]
+
+Every command takes ``--json`` for machine-readable output. Bad arguments, and input the
+library refuses, exit with code 2 and a one-line message.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import sys
 import time
+from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from arrakis.models import HookedAutoConfig, HookedAutoModel, load_model, supported_families
+from arrakis.models import HookedAutoConfig, HookedAutoModel, ModelNotFoundError, load_model, supported_families
+from arrakis.models.loading import EMBEDDED_FILE, cache_dir, embedded_model_path
 from arrakis.tools import WriteReadAnalyzer
 
 ROLE_THRESHOLD = 0.3  # a head counts as previous-token / induction at this score or above
+
+
+class UsageError(Exception):
+    """Bad arguments: exit code 2, one line."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line instead of usage + message
+        raise UsageError(message)
+
+
+# -- printing ----------------------------------------------------------------------------------
 
 
 def summarize(model: HookedAutoModel, n_tokens: int = 16) -> str:
@@ -44,37 +67,48 @@ def summarize(model: HookedAutoModel, n_tokens: int = 16) -> str:
     return "\n".join(lines)
 
 
-def _heads(pairs: list[tuple[tuple[int, int], float]]) -> str:
-    return ", ".join(f"H{h} {score:.2f}" for (_, h), score in pairs) or "-"
+def _role_heads(roles: Any, role: str, layer: int) -> list[tuple[int, float]]:
+    scores = roles.scores(role)[layer]
+    return sorted(((h, float(s)) for h, s in enumerate(scores) if s >= ROLE_THRESHOLD), key=lambda x: -x[1])
+
+
+def _heads_text(pairs: list[tuple[int, float]]) -> str:
+    return ", ".join(f"H{h} {score:.2f}" for h, score in pairs) or "-"
+
+
+def heads_table(tool: WriteReadAnalyzer, layers: list[int], threshold: float) -> tuple[str, dict[str, Any]]:
+    """Write heads and role scores per layer, as text and as data."""
+    roles = tool.head_roles()
+    lines = [
+        f"head roles on {roles.source}; listed at score >= {ROLE_THRESHOLD}",
+        f"{'layer':>5}  {f'write heads ({threshold:.0%} of the layer)':<36} {'previous-token':<24} induction",
+    ]
+    data = {"threshold": threshold, "roles_source": roles.source, "layers": []}
+    for layer in tqdm(layers, desc="write heads", unit="layer", leave=False, disable=len(layers) < 8):
+        selection = tool.identify_write_heads(layer, threshold)
+        prev, ind = _role_heads(roles, "previous_token", layer), _role_heads(roles, "induction", layer)
+        write = " ".join(f"H{h}" for _, h in selection)
+        lines.append(f"{layer:>5}  {write:<36} {_heads_text(prev):<24} {_heads_text(ind)}")
+        data["layers"].append(
+            {"write_heads": selection.to_dict(), "previous_token": dict(prev), "induction": dict(ind), "layer": layer}
+        )
+    return "\n".join(lines), data
 
 
 def analyze(model: HookedAutoModel) -> str:
     """The main job's report: per layer write heads and head roles, the induction circuit,
-    and the read heads of the strongest induction head's layer for the top writer."""
+    and the read heads of the strongest induction edge's layer for its writer."""
     tool = WriteReadAnalyzer(model)
     c = model.cfg
-    with tqdm(total=3, desc="analysing", unit="step", leave=False) as progress:
-        roles = tool.head_roles()
-        progress.update()
-        writes = [tool.identify_write_heads(layer) for layer in range(c.n_layers)]
-        progress.update()
-        circuit = tool.circuits("K", writer_role="previous_token", reader_role="induction", roles=roles, top_k=10)
-        progress.update()
-    lines = [
-        f"{c.family}: {c.n_layers} layers x {c.n_heads} heads ({c.n_kv_heads} KV heads), d_model {c.d_model}",
-        f"head roles on {roles.source}; listed at score >= {ROLE_THRESHOLD}",
+    text, _ = heads_table(tool, list(range(c.n_layers)), 0.8)
+    circuit = tool.circuits("K", writer_role="previous_token", reader_role="induction", top_k=10)
+    lines = [f"{c.family}: {c.n_layers} layers x {c.n_heads} heads ({c.n_kv_heads} KV heads), d_model {c.d_model}"]
+    lines += [
+        text,
         "",
-        f"{'layer':>5}  {'write heads (80% of the layer)':<36} {'previous-token':<24} induction",
+        "induction circuit: previous-token heads whose output induction heads read as keys",
+        repr(circuit),
     ]
-    for layer, selection in enumerate(writes):
-        write = " ".join(f"H{h}" for _, h in selection)
-        by_role = {}
-        for role in ("previous_token", "induction"):
-            scores = roles.scores(role)[layer]
-            by_role[role] = [((layer, h), float(s)) for h, s in enumerate(scores) if s >= ROLE_THRESHOLD]
-            by_role[role].sort(key=lambda item: -item[1])
-        lines.append(f"{layer:>5}  {write:<36} {_heads(by_role['previous_token']):<24} {_heads(by_role['induction'])}")
-    lines += ["", "induction circuit: previous-token heads whose output induction heads read as keys", repr(circuit)]
     if circuit:
         writer, reader = circuit[0].writer, circuit[0].reader
         reads = tool.identify_read_heads(reader[0], dim_idx=writer, channel="k")
@@ -87,26 +121,160 @@ def analyze(model: HookedAutoModel) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="arrakis", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("analyze", help="the main job on a real model (default: the embedded one)")
-    run.add_argument("model", nargs="?", default=None, help="a local folder, .safetensors or .gguf file")
-    summary = commands.add_parser("summary", help="shape summaries of the small default models")
+# -- commands ----------------------------------------------------------------------------------
+
+
+def cmd_models(args: argparse.Namespace) -> Any:
+    try:
+        embedded = str(embedded_model_path())
+    except ModelNotFoundError as err:
+        embedded = f"not installed ({err})"
+    data = {
+        "families": supported_families(),
+        "embedded": {"name": "SmolLM2-135M-Instruct", "file": EMBEDDED_FILE, "path": embedded},
+        "cache_dir": str(cache_dir()),
+    }
+    text = "\n".join(
+        [
+            "families: " + ", ".join(data["families"]),
+            f"embedded model: SmolLM2-135M-Instruct (llama, 30 layers, 9 heads, 3 KV heads), {embedded}",
+            f"converted weights cached in {data['cache_dir']}",
+        ]
+    )
+    return data, text
+
+
+def cmd_analyze(args: argparse.Namespace) -> Any:
+    start = time.perf_counter()
+    model = load_model(args.model)
+    loaded = time.perf_counter()
+    text = analyze(model)
+    text += f"\n\nloaded in {loaded - start:.1f} s, analysed in {time.perf_counter() - loaded:.1f} s"
+    return None, text
+
+
+def cmd_heads(args: argparse.Namespace) -> Any:
+    tool = WriteReadAnalyzer(load_model(args.model))
+    layers = list(range(tool.cfg.n_layers)) if args.layer is None else [args.layer]
+    text, data = heads_table(tool, layers, args.threshold)
+    return data, text
+
+
+def cmd_circuits(args: argparse.Namespace) -> Any:
+    tool = WriteReadAnalyzer(load_model(args.model))
+    circuit = tool.circuits(
+        args.mode,
+        writer_role=args.writer_role,
+        reader_role=args.reader_role,
+        min_ratio=args.min_ratio,
+        top_k=args.top_k,
+    )
+    return circuit.to_dict(), repr(circuit)
+
+
+def cmd_flow(args: argparse.Namespace) -> Any:
+    model = load_model(args.model)
+    tool = WriteReadAnalyzer(model)
+    ids = model.to_tokens(args.prompt)
+    n_layers = None if args.layers == "all" else _positive_int(args.layers, "--layers")
+    flow = tool.trace_information_flow(ids, args.src, args.dst, n_layers, verify=args.verify)
+    tokens = flow.str_tokens or [str(t) for t in flow.tokens]
+    lines = [
+        f"{tokens[flow.src_pos]!r} (position {flow.src_pos}) -> {tokens[flow.dst_pos]!r} (position {flow.dst_pos})",
+        "flow per layer: " + ", ".join(f"L{lf.layer} {lf.flow:.3f}" for lf in flow.layers),
+        "top heads: " + (", ".join(f"L{layer}H{head}" for layer, head in flow.top_heads) or "-"),
+        "paths: " + "; ".join(p.describe() for p in flow.paths[:3]),
+    ]
+    if flow.knockout:
+        knock = flow.knockout["all_layers"]
+        lines.append(
+            f"knockout of dst -> src in every layer: KL {knock['kl']:.3f}, dp(top) {knock['delta_p_top']:+.3f}"
+        )
+    return flow.to_dict(), "\n".join(lines)
+
+
+def cmd_report(args: argparse.Namespace) -> Any:
+    from arrakis.report import Report
+
+    model = load_model(args.model)
+    prompt = args.prompt
+    if prompt is None and (args.src or args.dst):
+        raise UsageError("--src and --dst need --prompt")
+    path = Report(model, prompt=prompt, src=args.src, dst=args.dst).save(args.out)
+    return {"report": str(path)}, f"report written to {path}"
+
+
+def cmd_summary(args: argparse.Namespace) -> Any:
+    unknown = [f for f in args.families if f not in supported_families()]
+    if unknown:
+        raise UsageError(f"unknown family {unknown[0]!r}; choose from {', '.join(supported_families())}")
+    torch.manual_seed(0)
+    models = {f: HookedAutoModel(HookedAutoConfig(f)) for f in args.families or supported_families()}
+    data = {f: m.cfg.to_dict() for f, m in models.items()}
+    return data, "\n\n".join(summarize(m) for m in models.values())
+
+
+def _positive_int(value: str, what: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise UsageError(f"{what} must be a positive int or 'all', got {value!r}")
+    return int(value)
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="arrakis", description="Find the heads that write to and read from the residual stream.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    def command(name: str, help: str, fn: Any) -> Parser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.add_argument("--json", action="store_true", help="machine-readable output")
+        sub.set_defaults(fn=fn)
+        return sub
+
+    def with_model(sub: Parser) -> Parser:
+        sub.add_argument("--model", default=None, help="a local folder, .safetensors or .gguf (default: embedded)")
+        return sub
+
+    command("models", "the supported families and the embedded model", cmd_models)
+    with_model(command("analyze", "the main job: heads, roles, the induction circuit", cmd_analyze))
+    heads = with_model(command("heads", "write heads and head roles per layer", cmd_heads))
+    heads.add_argument("--layer", type=int, default=None, help="one layer (default: all)")
+    heads.add_argument("--threshold", type=float, default=0.8, help="share of the layer's writing, in (0, 1]")
+    circuits = with_model(command("circuits", "writer -> reader composition edges with head roles", cmd_circuits))
+    circuits.add_argument("--mode", default="K", help="Q, K or V composition")
+    circuits.add_argument("--writer-role", default="previous_token", help="previous_token, duplicate_token, induction")
+    circuits.add_argument("--reader-role", default="induction", help="previous_token, duplicate_token, induction")
+    circuits.add_argument("--min-ratio", type=float, default=2.0, help="keep edges scoring this many x the baseline")
+    circuits.add_argument("--top-k", type=int, default=20)
+    flow = with_model(command("flow", "information flow from one token to another", cmd_flow))
+    flow.add_argument("--prompt", required=True)
+    flow.add_argument("--src", required=True, help="the source token (a string that is one token)")
+    flow.add_argument("--dst", required=True, help="the destination token")
+    flow.add_argument("--layers", default="all", help="the first N layers, or 'all'")
+    flow.add_argument("--verify", action="store_true", help="check the routes by attention knockout")
+    report = with_model(command("report", "a self-contained HTML report", cmd_report))
+    report.add_argument("--out", required=True, help="the HTML file to write")
+    report.add_argument("--prompt", default=None, help="a prompt for the flow trace")
+    report.add_argument("--src", default=None)
+    report.add_argument("--dst", default=None)
+    summary = command("summary", "shape summaries of the small random models", cmd_summary)
     summary.add_argument("families", nargs="*", metavar="FAMILY", help=", ".join(supported_families()))
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    if args.command == "summary":
-        unknown = [f for f in args.families if f not in supported_families()]
-        if unknown:
-            parser.error(f"unknown family {unknown[0]!r}; choose from {', '.join(supported_families())}")
-        torch.manual_seed(0)
-        for family in args.families or supported_families():
-            print(summarize(HookedAutoModel(HookedAutoConfig(family))), end="\n\n")
-    elif args.command == "analyze":
-        start = time.perf_counter()
-        model = load_model(args.model)
-        loaded = time.perf_counter()
-        print(analyze(model))
-        print(f"\nloaded in {loaded - start:.1f} s, analysed in {time.perf_counter() - loaded:.1f} s")
+    try:
+        args = build_parser().parse_args(argv)
+        data, text = args.fn(args)
+    except UsageError as err:
+        print(f"arrakis: error: {err}", file=sys.stderr)
+        return 2
+    except (ValueError, KeyError, TypeError, ModelNotFoundError) as err:  # input the library refused
+        message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+        print(f"arrakis: error: {message.splitlines()[0] if message else type(err).__name__}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(data if data is not None else {"text": text}, indent=1, default=str))
+    else:
+        print(text)
     return 0

@@ -1,0 +1,232 @@
+"""A self-contained HTML report of one model: who writes, who reads, how heads compose,
+and how information flows through a prompt.
+
+Figures are embedded as base64 PNG images and the page has no external resources, so the
+file opens anywhere without a network. The report only calls tools and the results'
+``plot()``; it computes nothing itself.
+
+>>> # Report(model, prompt="...").save("report.html")
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from arrakis.models import HookedAutoModel
+from arrakis.tools import WriteReadAnalyzer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Section:
+    title: str
+    body: str  # HTML
+    figures: list[str] = field(default_factory=list)  # data URIs
+
+
+def figure_data_uri(plot: Any) -> str:
+    """A Figure (or an Axes of one) as a PNG data URI."""
+    figure = getattr(plot, "figure", plot)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    head = "".join(f"<th>{html.escape(str(h))}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def heads_text(heads: list[tuple[tuple[int, int], float]]) -> str:
+    return ", ".join(f"L{layer}H{head} {score:.2f}" for (layer, head), score in heads) or "-"
+
+
+class Report:
+    """The analyses of one model, as HTML.
+
+    Args:
+        model: a HookedAutoModel.
+        prompt: text (needs a tokenizer) or token ids for the flow trace; by default a
+            repeated random token sequence, where induction heads carry the flow.
+        src, dst: the flow's source and destination (token strings or ids); by default, on
+            the default prompt, the token after the first occurrence of a repeated token
+            and that token's second occurrence.
+        role_threshold: heads at or above this role score are listed.
+    """
+
+    def __init__(
+        self,
+        model: HookedAutoModel,
+        *,
+        prompt: str | torch.Tensor | None = None,
+        src: Any = None,
+        dst: Any = None,
+        role_threshold: float = 0.3,
+        title: str | None = None,
+    ) -> None:
+        self.model, self.tool = model, WriteReadAnalyzer(model)
+        self.prompt, self.src, self.dst = prompt, src, dst
+        self.role_threshold = role_threshold
+        self.title = title or f"arrakis report: {model.cfg.family}, {model.cfg.n_layers} layers"
+        self._sections: list[Section] | None = None
+
+    def sections(self) -> list[Section]:
+        if self._sections is None:
+            steps = [self._model_card, self._write_heads, self._roles, self._composition, self._flow]
+            self._sections = [step() for step in tqdm(steps, desc="report", unit="section", leave=False)]
+        return self._sections
+
+    def _model_card(self) -> Section:
+        c = self.model.cfg
+        rows = [[k, v] for k, v in c.to_dict().items()]
+        rows.append(["tokenizer", "yes" if self.model.tokenizer is not None else "no"])
+        return Section("Model", table(["field", "value"], rows))
+
+    def _write_heads(self) -> Section:
+        from arrakis.viz import plot_head_scores
+
+        writes = [self.tool.identify_write_heads(layer) for layer in range(self.model.cfg.n_layers)]
+        rows = [[s.layer, " ".join(f"H{h}" for _, h in s), f"{s.covered():.0%}"] for s in writes]
+        body = "<p>Heads making up 80% of each layer's writing, ||W_V W_O||_F (folded weights).</p>"
+        return Section(
+            "Write heads",
+            body + table(["layer", "write heads", "share"], rows),
+            [figure_data_uri(plot_head_scores(writes))],
+        )
+
+    def _roles(self) -> Section:
+        roles = self.tool.head_roles()
+        self._head_roles = roles
+        rows = []
+        for role in ("previous_token", "duplicate_token", "induction"):
+            top = [(h, v) for h, v in roles.top(role, 5) if v >= self.role_threshold]
+            rows.append([role.replace("_", "-"), heads_text(top)])
+        body = f"<p>Scores on {html.escape(roles.source)} (TransformerLens's detect_head, 'mul').</p>"
+        return Section(
+            "Head roles",
+            body + table(["role", f"heads scoring >= {self.role_threshold}"], rows),
+            [figure_data_uri(roles.plot())],
+        )
+
+    def _composition(self) -> Section:
+        scores = self.tool.composition_scores("K")
+        circuit = self.tool.circuits("K", writer_role="previous_token", reader_role="induction", roles=self._head_roles)
+        rows = [
+            [f"L{e.writer[0]}H{e.writer[1]}", f"L{e.reader[0]}H{e.reader[1]}", f"{e.score:.3f}", f"{e.ratio:.1f}x"]
+            for e in circuit
+        ]
+        body = (
+            f"<p>K-composition scores; random matrices score {scores.baseline:.3f} (1/sqrt(d_model)). "
+            "The induction circuit: previous-token heads whose output induction heads read as keys.</p>"
+            + table(["writer", "reader", "score", "x baseline"], rows)
+        )
+        figures = [figure_data_uri(scores.plot())]
+        if circuit:
+            figures.append(figure_data_uri(circuit.plot()))
+            writer, reader = circuit[0].writer, circuit[0].reader
+            reads = self.tool.identify_read_heads(reader[0], dim_idx=writer, channel="k")
+            body += f"<p>Read heads of layer {reader[0]} for writer L{writer[0]}H{writer[1]} (K-composition):</p>"
+            body += table(
+                ["head", "score", "share"],
+                [[f"L{layer}H{h}", f"{reads.scores[h]:.3f}", f"{reads.shares[h]:.0%}"] for layer, h in reads],
+            )
+        return Section("Composition and circuits", body, figures)
+
+    def _flow(self) -> Section:
+        ids, src, dst, described = self._flow_question()
+        flow = self.tool.trace_information_flow(ids, src_pos=src, dst_pos=dst, n_layers=None, verify=True)
+        rows = []
+        for lf in flow.layers:
+            strongest = max(lf.heads, key=lambda h: h.carried)
+            rows.append(
+                [lf.layer, f"{lf.flow:.4f}", f"{lf.residual_share:.3f}", f"H{strongest.head} {strongest.carried:.4f}"]
+            )
+        knock = flow.knockout["all_layers"]
+        top = ", ".join(f"L{layer}H{head}" for layer, head in flow.top_heads)
+        body = (
+            f"<p>{html.escape(described)}. Top heads: {html.escape(top)}. Blocking dst -> src in every layer: "
+            f"KL {knock['kl']:.3f}, change in p(top token) {knock['delta_p_top']:+.3f}.</p>"
+            + "<p>Paths: "
+            + html.escape("; ".join(p.describe() for p in flow.paths[:3]))
+            + "</p>"
+            + table(["layer", "flow", "residual share", "strongest head"], rows)
+        )
+        return Section("Information flow", body, [figure_data_uri(flow.plot())])
+
+    def _flow_question(self) -> tuple[torch.Tensor, int, int, str]:
+        if self.prompt is None:
+            generator = torch.Generator().manual_seed(0)
+            half = torch.randint(100, self.model.cfg.d_vocab, (1, 20), generator=generator)
+            bos = getattr(self.model.tokenizer, "bos_token_id", None)
+            ids = torch.cat([torch.tensor([[bos]]) if bos is not None else half[:, :0], half, half], dim=1)
+            offset = ids.shape[1] - 40
+            src, dst = offset + 11, offset + 30
+            return ids, src, dst, f"Repeated random tokens: from position {src} (after the first occurrence) to {dst}"
+        from arrakis.tools.information_flow import resolve_positions
+
+        ids = self.model.to_tokens(self.prompt) if isinstance(self.prompt, str) else self.prompt
+        src_pos = dst_pos = None
+        src, dst = self.src, self.dst
+        if src is None or dst is None:
+            n = self.model.check_input_ids(ids).shape[1]
+            src_pos, dst_pos = (0 if src is None else None), (n - 1 if dst is None else None)
+        ids, s, d = resolve_positions(self.model, ids, src, dst, src_pos, dst_pos, None)
+        return ids, s, d, f"Prompt {self.prompt!r}: from position {s} to {d}"
+
+    def to_html(self) -> str:
+        generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+        parts = [f"<h1>{html.escape(self.title)}</h1><p class='meta'>generated {generated} by arrakis</p>"]
+        for section in self.sections():
+            images = "".join(
+                f"<img class='figure' alt='{html.escape(section.title)}' src='{uri}'>" for uri in section.figures
+            )
+            parts.append(f"<section><h2>{html.escape(section.title)}</h2>{section.body}{images}</section>")
+        return PAGE.format(title=html.escape(self.title), body="\n".join(parts))
+
+    def save(self, path: str | Path) -> Path:
+        """Write the report as one self-contained HTML file; returns its path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_html(), encoding="utf-8")
+        logger.info("report written to %s", path)
+        return path
+
+
+# The script records how many figures decoded, so a headless browser can be asked.
+PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
+table {{ border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }}
+th, td {{ border: 1px solid #ccc; padding: 0.2em 0.6em; text-align: left; }}
+th {{ background: #f3f3f3; }}
+img.figure {{ max-width: 100%; display: block; margin: 0.5em 0 1.5em; }}
+.meta {{ color: #777; }}
+</style></head>
+<body>
+{body}
+<p id="figures-status" data-loaded="0">figures loading</p>
+<script>
+window.addEventListener("load", function () {{
+  var images = Array.prototype.slice.call(document.querySelectorAll("img.figure"));
+  var ok = images.filter(function (im) {{ return im.complete && im.naturalWidth > 0; }}).length;
+  var status = document.getElementById("figures-status");
+  status.setAttribute("data-loaded", String(ok));
+  status.setAttribute("data-total", String(images.length));
+  status.textContent = ok + " of " + images.length + " figures rendered";
+}});
+</script>
+</body></html>
+"""
