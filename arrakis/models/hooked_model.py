@@ -79,6 +79,7 @@ class HookedAutoModel(nn.Module):
         o_in = module_at(layer0, self.adapter.o).weight.shape[0 if self.adapter.conv1d else 1]
         n_heads = getattr(hf_model.config, self.adapter.fields["n_heads"])
         self.cfg: ModelShape = model_shape(self.adapter, hf_model.config, d_head=o_in // n_heads)
+        self.checkpoint: Any = None  # a streaming.Checkpoint for weights-only models
         self._hook_names = hook_names(self.cfg)
         self._kv_group = kv_groups(self.cfg.n_heads, self.cfg.n_kv_heads)
         self._weights: dict[bool, tuple[tuple, HeadWeights]] = {}
@@ -100,12 +101,21 @@ class HookedAutoModel(nn.Module):
         dtype: torch.dtype = torch.float32,
         device: str | torch.device | None = None,
         device_map: Any = None,
+        weights_only: bool = False,
     ) -> HookedAutoModel:
         """Load a local Hugging Face folder (config.json plus safetensors or bin weights), a
         ``.safetensors`` file beside its config.json, or a ``.gguf`` file; offline. A tokenizer
-        found beside the weights is attached, so prompts can be strings."""
+        found beside the weights is attached, so prompts can be strings.
+
+        ``device_map`` is passed to transformers/accelerate for models larger than one device.
+        ``weights_only=True`` opens a safetensors checkpoint lazily and builds no model: the
+        weight-based analyses (write and read scores from weights, composition) work, reading
+        only the attention and norm tensors one layer at a time, with the stacked weights kept
+        in ``dtype`` (bfloat16 halves the memory of a large model); forward passes do not."""
         if Path(path).suffix == ".gguf":
             return cls.from_gguf(path, dtype=dtype, device=device)
+        if weights_only:
+            return cls._weights_only(path, dtype)
         hf_model, tokenizer = loading.load_hf_folder(path, dtype=dtype, device=device, device_map=device_map)
         return cls.from_hf(hf_model, tokenizer)
 
@@ -116,6 +126,32 @@ class HookedAutoModel(nn.Module):
         """Load a GGUF file (dequantised by transformers, cached on disk by content hash)."""
         hf_model, tokenizer = loading.load_gguf(path, dtype=dtype, device=device)
         return cls.from_hf(hf_model, tokenizer)
+
+    @classmethod
+    def _weights_only(cls, path: str | os.PathLike, dtype: torch.dtype) -> HookedAutoModel:
+        from arrakis.models.streaming import Checkpoint
+
+        checkpoint = Checkpoint(path)
+        model = cls.__new__(cls)
+        nn.Module.__init__(model)
+        model.adapter, model.cfg, model.checkpoint, model.hf_model = (
+            checkpoint.adapter,
+            checkpoint.cfg,
+            checkpoint,
+            None,
+        )
+        model._hook_names = hook_names(model.cfg)
+        model._kv_group = kv_groups(model.cfg.n_heads, model.cfg.n_kv_heads)
+        model._weights, model._weights_dtype = {}, dtype
+        model.tokenizer = loading._tokenizer(checkpoint.folder)
+        return model
+
+    def _require_forward(self) -> None:
+        if self.hf_model is None:
+            raise RuntimeError(
+                "this model was loaded with weights_only=True: weight-based analyses work, but it has no "
+                "forward pass; load it without weights_only to run prompts"
+            )
 
     # -- tokens ----------------------------------------------------------------------------
 
@@ -153,7 +189,16 @@ class HookedAutoModel(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        return next(self.hf_model.parameters()).device
+        return torch.device("cpu") if self.hf_model is None else next(self.hf_model.parameters()).device
+
+    def input_embeddings(self) -> Tensor:
+        """The token embedding matrix W_E [d_vocab, d_model]."""
+        if self.hf_model is None:
+            embedding = self.checkpoint.embedding()
+            if embedding is None:
+                raise ValueError("this checkpoint has no token embedding tensor")
+            return embedding
+        return self.hf_model.get_input_embeddings().weight.detach()
 
     def hook_names(self) -> list[str]:
         """Every hook name this model can cache, in forward order."""
@@ -180,6 +225,7 @@ class HookedAutoModel(nn.Module):
             transform: applied to each kept activation as it is captured, ``transform(name,
                 tensor)``, e.g. to keep only some positions of a long prompt.
         """
+        self._require_forward()
         input_ids = self.check_input_ids(input_ids)
         wanted = set(select(names, self._hook_names, self.cfg))
         store: dict[str, Tensor] = {}
@@ -320,6 +366,7 @@ class HookedAutoModel(nn.Module):
         so the rest of the row is renormalised exactly as softmax would. Returns Hugging
         Face's output; hooks are removed afterwards, also when the forward pass raises.
         """
+        self._require_forward()
         input_ids = self.check_input_ids(input_ids)
         n_pos, handles = input_ids.shape[1], []
         layers = module_at(self.hf_model, self.adapter.layers)
@@ -365,6 +412,11 @@ class HookedAutoModel(nn.Module):
 
         Built once and reused until a parameter changes (in place or replaced).
         """
+        if self.hf_model is None:  # weights-only: the checkpoint on disk does not change
+            if folded not in self._weights:
+                weights = self.checkpoint.head_weights(folded=folded, dtype=self._weights_dtype)
+                self._weights[folded] = ((), weights)
+            return self._weights[folded][1]
         key = tuple((p.data_ptr(), p._version) for p in self.hf_model.parameters())
         cached = self._weights.get(folded)
         if cached is None or cached[0] != key:

@@ -21,6 +21,7 @@ Grouped-query attention: K and V are expanded to one slice per query head
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, fields
 
 import torch
@@ -66,27 +67,32 @@ def kv_groups(n_heads: int, n_kv_heads: int) -> Tensor:
     return torch.arange(n_heads) // (n_heads // n_kv_heads)
 
 
-def _layer_qkv(layer: nn.Module, adapter: FamilyAdapter, cfg: ModelShape, channel: str) -> tuple[Tensor, Tensor]:
+# A layer's tensors, whoever holds them: ``linear(path)`` -> (weight [out, in], bias or None)
+# of the projection at a path relative to the layer; ``norm(path)`` -> (gain, bias or None).
+Linear = Callable[[str], tuple[Tensor, Tensor | None]]
+Norm = Callable[[str], tuple[Tensor, Tensor | None]]
+
+
+def _layer_qkv(linear: Linear, adapter: FamilyAdapter, cfg: ModelShape, channel: str) -> tuple[Tensor, Tensor]:
     """One layer's W [n_heads_c, d_model, d_head] and b [n_heads_c, d_head] for a channel."""
-    weight, bias = linear_params(module_at(layer, getattr(adapter, channel)), adapter.conv1d)
-    idx = qkv_index(adapter.qkv_layout, channel, cfg.n_heads, cfg.n_kv_heads, cfg.d_head)
+    weight, bias = linear(getattr(adapter, channel))
+    idx = qkv_index(adapter.qkv_layout, channel, cfg.n_heads, cfg.n_kv_heads, cfg.d_head).to(weight.device)
     W = weight[idx].transpose(-1, -2)  # [head_c, d_head, d_model] -> [head_c, d_model, d_head]
     b = bias[idx] if bias is not None else torch.zeros(idx.shape, dtype=weight.dtype, device=weight.device)
     return W.float(), b.float()
 
 
-def _layer_o(layer: nn.Module, adapter: FamilyAdapter, cfg: ModelShape) -> tuple[Tensor, Tensor]:
+def _layer_o(linear: Linear, adapter: FamilyAdapter, cfg: ModelShape) -> tuple[Tensor, Tensor]:
     """One layer's W_O [n_heads, d_head, d_model] and b_O [d_model]."""
-    weight, bias = linear_params(module_at(layer, adapter.o), adapter.conv1d)
+    weight, bias = linear(adapter.o)
     W_O = weight.T.reshape(cfg.n_heads, cfg.d_head, cfg.d_model)  # [head * d_head, d_model] -> per head
     b_O = bias if bias is not None else torch.zeros(cfg.d_model, dtype=weight.dtype, device=weight.device)
     return W_O.float(), b_O.float()
 
 
-def _fold(W: Tensor, b: Tensor, norm: nn.Module, adapter: FamilyAdapter) -> tuple[Tensor, Tensor]:
+def _fold(W: Tensor, b: Tensor, gain: Tensor, beta: Tensor | None, adapter: FamilyAdapter) -> tuple[Tensor, Tensor]:
     """Fold ln1 into one channel of one layer: W [head, d_model, d_head], b [head, d_head]."""
-    gain = norm.weight.float() + adapter.norm_gain_offset  # [d_model]
-    beta = getattr(norm, "bias", None)
+    gain = gain.float() + adapter.norm_gain_offset  # [d_model]
     if beta is not None:
         b = b + torch.einsum("d,hdk->hk", beta.float(), W)  # beta W + b
     W = gain[None, :, None] * W  # diag(g) W
@@ -95,23 +101,63 @@ def _fold(W: Tensor, b: Tensor, norm: nn.Module, adapter: FamilyAdapter) -> tupl
     return W, b
 
 
+def layer_head_weights(
+    linear: Linear, norm: Norm, adapter: FamilyAdapter, cfg: ModelShape, *, folded: bool
+) -> dict[str, Tensor]:
+    """One layer's per-head weights (float32), K and V expanded to query heads."""
+    group = kv_groups(cfg.n_heads, cfg.n_kv_heads)
+    out = {}
+    for channel in CHANNELS:
+        W, b = _layer_qkv(linear, adapter, cfg, channel)
+        if channel != "q":
+            W, b = W[group.to(W.device)], b[group.to(W.device)]  # one slice per query head
+        if folded:
+            W, b = _fold(W, b, *norm(adapter.ln1), adapter)
+        out[f"W_{channel.upper()}"], out[f"b_{channel.upper()}"] = W, b
+    out["W_O"], out["b_O"] = _layer_o(linear, adapter, cfg)
+    return out
+
+
+def stack_head_weights(
+    layers: Iterable[tuple[Linear, Norm]],
+    adapter: FamilyAdapter,
+    cfg: ModelShape,
+    *,
+    folded: bool,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> HeadWeights:
+    """Stack per-head weights layer by layer into preallocated [n_layers, ...] tensors of
+    ``dtype`` (each layer is computed in float32, then stored), so that at most one layer
+    exists in float32 at a time."""
+    L, H, D, K = cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head
+    shapes = {"W_Q": (L, H, D, K), "W_K": (L, H, D, K), "W_V": (L, H, D, K), "W_O": (L, H, K, D)}
+    shapes |= {"b_Q": (L, H, K), "b_K": (L, H, K), "b_V": (L, H, K), "b_O": (L, D)}
+    stacks = {name: torch.empty(shape, dtype=dtype, device=device) for name, shape in shapes.items()}
+    for i, (linear, norm) in enumerate(layers):
+        for name, tensor in layer_head_weights(linear, norm, adapter, cfg, folded=folded).items():
+            stacks[name][i] = tensor
+    return HeadWeights(**stacks, kv_group=kv_groups(H, cfg.n_kv_heads), folded=folded)
+
+
+def module_tensors(layer: nn.Module, adapter: FamilyAdapter) -> tuple[Linear, Norm]:
+    """The tensor getters of a Hugging Face decoder layer."""
+
+    def linear(path: str) -> tuple[Tensor, Tensor | None]:
+        return linear_params(module_at(layer, path), adapter.conv1d)
+
+    def norm(path: str) -> tuple[Tensor, Tensor | None]:
+        module = module_at(layer, path)
+        return module.weight, getattr(module, "bias", None)
+
+    return linear, norm
+
+
 @torch.no_grad()
 def extract_head_weights(
     hf_model: nn.Module, adapter: FamilyAdapter, cfg: ModelShape, *, folded: bool = True
 ) -> HeadWeights:
     """Stack every layer's per-head weights from a Hugging Face model (see module docstring)."""
-    group = kv_groups(cfg.n_heads, cfg.n_kv_heads)
-    stacks: dict[str, list[Tensor]] = {k: [] for k in ("W_Q", "W_K", "W_V", "W_O", "b_Q", "b_K", "b_V", "b_O")}
-    for layer in module_at(hf_model, adapter.layers):
-        for channel in CHANNELS:
-            W, b = _layer_qkv(layer, adapter, cfg, channel)
-            if channel != "q":
-                W, b = W[group.to(W.device)], b[group.to(W.device)]  # one slice per query head
-            if folded:
-                W, b = _fold(W, b, module_at(layer, adapter.ln1), adapter)
-            stacks[f"W_{channel.upper()}"].append(W)
-            stacks[f"b_{channel.upper()}"].append(b)
-        W_O, b_O = _layer_o(layer, adapter, cfg)
-        stacks["W_O"].append(W_O)
-        stacks["b_O"].append(b_O)
-    return HeadWeights(**{k: torch.stack(v) for k, v in stacks.items()}, kv_group=group, folded=folded)
+    layers = (module_tensors(layer, adapter) for layer in module_at(hf_model, adapter.layers))
+    device = next(hf_model.parameters()).device
+    return stack_head_weights(layers, adapter, cfg, folded=folded, device=device)

@@ -140,7 +140,7 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         ids = tokenizer.encode(token, add_special_tokens=False)
         if len(ids) != 1:
             raise ValueError(f"dim_idx {token!r} is {len(ids)} tokens ({ids}); pass a string that is one token")
-        return self.model.hf_model.get_input_embeddings().weight[ids[0]].detach().float()
+        return self.model.input_embeddings()[ids[0]].float()
 
     def _read_writer(
         self, layer: int, writer: tuple, channels: tuple[str, ...]
