@@ -40,32 +40,53 @@ def check_mode(mode: str) -> str:
     return mode.upper()
 
 
-def _gram(X: Tensor) -> Tensor:
-    """X^T X for a stack of [n, D, d_head] -> [n, d_head, d_head]."""
-    return X.transpose(-1, -2) @ X
+def _small_gram(A: Tensor, head_chunk: int, transpose: bool = False) -> Tensor:
+    """A^T A per head in float32, a chunk of heads at a time: [n, D, d_head] -> [n, d_head, d_head]
+    (``transpose``: A A^T for [n, d_head, D])."""
+    n, d_head = A.shape[0], A.shape[-1] if not transpose else A.shape[-2]
+    out = torch.empty(n, d_head, d_head, device=A.device)
+    for start in range(0, n, head_chunk):
+        chunk = A[start : start + head_chunk].float()
+        out[start : start + head_chunk] = (
+            chunk @ chunk.transpose(-1, -2) if transpose else chunk.transpose(-1, -2) @ chunk
+        )
+    return out
 
 
-def _factors(W_Q: Tensor, W_K: Tensor, W_V: Tensor, W_O: Tensor, modes: tuple[str, ...]):
-    """Each Gram as X @ Y^T with X, Y [n_heads_total, D, d_head], and the squared norms.
+def _factors(W_Q: Tensor, W_K: Tensor, W_V: Tensor, W_O: Tensor, modes: tuple[str, ...], head_chunk: int):
+    """Each Gram as (A S) A^T, with A [n_heads_total, D, d_head] (the weights, any dtype, not
+    copied) and S [n, d_head, d_head] float32; and the squared Frobenius norms.
 
     Writer (OV)^T (OV) = W_O^T S_V W_O; reader Grams M M^T: QK -> W_Q S_K W_Q^T,
     QK^T -> W_K S_Q W_K^T, OV -> W_V S_O W_V^T, with S_x = W_x^T W_x and S_O = W_O W_O^T.
     """
-    W_OT = W_O.transpose(-1, -2)  # [n, D, d_head]
-    S_V, S_O = _gram(W_V), _gram(W_OT)
+    W_OT = W_O.transpose(-1, -2)  # [n, D, d_head], a view
+    S_V, S_O = _small_gram(W_V, head_chunk), _small_gram(W_O, head_chunk, transpose=True)
     ov_sq = (S_V * S_O).sum((-1, -2))  # ||W_V W_O||_F^2 = tr(S_V S_O)
-    writer = (W_OT @ S_V, W_OT)
     readers, reader_sq = {}, {}
     if "Q" in modes or "K" in modes:
-        S_Q, S_K = _gram(W_Q), _gram(W_K)
+        S_Q, S_K = _small_gram(W_Q, head_chunk), _small_gram(W_K, head_chunk)
         qk_sq = (S_Q * S_K).sum((-1, -2))  # ||W_Q W_K^T||_F^2
         if "Q" in modes:
-            readers["Q"], reader_sq["Q"] = (W_Q @ S_K, W_Q), qk_sq
+            readers["Q"], reader_sq["Q"] = (W_Q, S_K), qk_sq
         if "K" in modes:
-            readers["K"], reader_sq["K"] = (W_K @ S_Q, W_K), qk_sq
+            readers["K"], reader_sq["K"] = (W_K, S_Q), qk_sq
     if "V" in modes:
-        readers["V"], reader_sq["V"] = (W_V @ S_O, W_V), ov_sq
-    return writer, ov_sq, readers, reader_sq
+        readers["V"], reader_sq["V"] = (W_V, S_O), ov_sq
+    return (W_OT, S_V), ov_sq, readers, reader_sq
+
+
+def _band_gram(A: Tensor, S: Tensor, r0: int, r1: int, head_chunk: int) -> Tensor:
+    """Rows [r0, r1) x columns [r0, D) of every head's Gram (A S) A^T, flattened:
+    [n, (r1 - r0) * (D - r0)]. Weights are cast to float32 a chunk of heads at a time."""
+    n, d_model = A.shape[0], A.shape[1]
+    out = torch.empty(n, r1 - r0, d_model - r0, device=A.device)
+    for start in range(0, n, head_chunk):
+        heads = slice(start, start + head_chunk)
+        Y = A[heads, r0:].float()  # [chunk, D - r0, d_head]
+        # [chunk, rows, d_head] x [chunk, d_head, d_head] x [chunk, d_head, D - r0]
+        torch.matmul(Y[:, : r1 - r0] @ S[heads], Y.transpose(-1, -2), out=out[heads])
+    return out
 
 
 def _weigh_upper_band(G: Tensor) -> Tensor:
@@ -87,38 +108,45 @@ def composition_scores(
     *,
     band: int = 64,
     layer_block: int = 8,
+    head_chunk: int = 256,
+    progress: bool = False,
 ) -> dict[str, Tensor]:
     """Composition scores of every writer/reader pair, for each mode.
 
     Args:
         W_Q, W_K, W_V: [n_layers, n_heads, d_model, d_head] (K, V expanded to query heads).
+            Any float dtype: they are cast to float32 a chunk of heads at a time, so bfloat16
+            stacks of a large model are never copied whole.
         W_O: [n_layers, n_heads, d_head, d_model].
         modes: any of "Q", "K", "V".
-        band: rows of the Grams built at once (memory ~ 4 * n_heads_total * band * D floats).
+        band: rows of the Grams built at once (memory ~ (1 + modes) * n_heads_total * band * D floats).
         layer_block: writer layers per matrix product (pairs below the block are skipped).
+        head_chunk: heads cast to float32 at once.
+        progress: show a progress bar over the bands.
 
     Returns:
-        {mode: [n_layers, n_heads, n_layers, n_heads]}, zero where l1 >= l2.
+        {mode: [n_layers, n_heads, n_layers, n_heads]} float32, zero where l1 >= l2.
     """
+    from tqdm import tqdm
+
     modes = tuple(check_mode(m) for m in ((modes,) if isinstance(modes, str) else modes))
     n_layers, n_heads, d_model, _ = W_Q.shape
-    flat = [w.reshape(n_layers * n_heads, *w.shape[2:]).float() for w in (W_Q, W_K, W_V, W_O)]
-    (Xw, Yw), ov_sq, readers, reader_sq = _factors(*flat, modes)
-    n = n_layers * n_heads
-    numerators = {m: torch.zeros(n, n, device=Xw.device) for m in modes}
+    flat = [w.reshape(n_layers * n_heads, *w.shape[2:]) for w in (W_Q, W_K, W_V, W_O)]
+    writer, ov_sq, readers, reader_sq = _factors(*flat, modes, head_chunk)
+    n, device = n_layers * n_heads, W_Q.device
+    numerators = {m: torch.zeros(n, n, device=device) for m in modes}
     # writer layer blocks: rows [a*H, b*H) only meet readers in layers > a
     blocks = [(a, min(a + layer_block, n_layers)) for a in range(0, n_layers - 1, layer_block)]
-    for r0 in range(0, d_model, band):
+    bands = range(0, d_model, band)
+    for r0 in tqdm(bands, desc="composition", unit="band", disable=not progress, leave=False):
         r1 = min(r0 + band, d_model)
-        # [n, rows, d_head] x [n, d_head, D - r0] -> [n, rows, D - r0]: a band of the upper triangle
-        G_w = _weigh_upper_band(Xw[:, r0:r1] @ Yw[:, r0:].transpose(-1, -2)).flatten(1)
+        G_w = _weigh_upper_band(_band_gram(*writer, r0, r1, head_chunk)).flatten(1)
         for m in modes:
-            X, Y = readers[m]
-            G_r = (X[:, r0:r1] @ Y[:, r0:].transpose(-1, -2)).flatten(1)
+            G_r = _band_gram(*readers[m], r0, r1, head_chunk).flatten(1)
             for a, b in blocks:
                 rows, cols = slice(a * n_heads, b * n_heads), slice((a + 1) * n_heads, n)
-                numerators[m][rows, cols].addmm_(G_w[rows], G_r[cols].T)  # <A^T A, B B^T> per pair
-    layer = torch.arange(n_layers, device=Xw.device).repeat_interleave(n_heads)
+                numerators[m][rows, cols].addmm_(G_w[rows], G_r[cols].mT)  # <A^T A, B B^T> per pair
+    layer = torch.arange(n_layers, device=device).repeat_interleave(n_heads)
     later = layer[:, None] < layer[None, :]  # writer layer < reader layer
     out = {}
     for m in modes:
