@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
@@ -20,6 +20,9 @@ from torch import Tensor
 from arrakis.circuits.flow import chunked_importances
 from arrakis.models import HookedAutoModel
 from arrakis.tools.base import check_index
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 logger = logging.getLogger(__name__)
 RESIDUAL = -1  # the "head" index of a residual (stay-in-place) hop
@@ -149,11 +152,18 @@ class InformationFlow(list):
             knockout=data.get("knockout"),
         )
 
-    def plot(self, ax: Any = None) -> Any:
-        """Flow per layer, with the heads that carry it (matplotlib, imported on demand)."""
+    def plot(self, ax: Any = None, *, n_labels: int = 8) -> Figure:
+        """The routes over tokens x layers with the carrying heads named, the flow per layer,
+        and what each head carries (a matplotlib Figure; see ``arrakis.viz.flow``). With
+        ``ax``, only the route graph is drawn there."""
         from arrakis.viz.flow import plot_information_flow
 
-        return plot_information_flow(self, ax=ax)
+        return plot_information_flow(self, ax=ax, n_labels=n_labels)
+
+    def _repr_html_(self) -> str:
+        from arrakis.viz.html import information_flow_html
+
+        return information_flow_html(self)
 
     def __repr__(self) -> str:
         flows = ", ".join(f"L{layer.layer} {layer.flow:.3f}" for layer in self.layers)

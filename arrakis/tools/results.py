@@ -6,16 +6,20 @@
 - ``HeadRoles`` holds previous-token, duplicate-token and induction scores per head;
 - ``Circuit`` is the list of writer -> reader edges, joined with head roles.
 
-Every result has ``to_dict()`` (JSON-ready) and ``from_dict()``.
+Every result has ``to_dict()`` (JSON-ready) and ``from_dict()``, a ``plot()`` that returns
+a matplotlib Figure (``arrakis.viz``, imported on demand) and a ``_repr_html_`` for notebooks.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 Head = tuple[int, int]
 
@@ -83,6 +87,18 @@ class HeadSelection(list):
         data = dict(data)
         return cls([tuple(h) for h in data.pop("heads")], **data)
 
+    def plot(self, values: str = "scores") -> Figure:
+        """The layer's heads as a 1 x n_heads heatmap, selected heads outlined. For several
+        layers, pass a list of selections to ``arrakis.viz.plot_head_scores``."""
+        from arrakis.viz.heads import plot_head_scores
+
+        return plot_head_scores(self, values=values)
+
+    def _repr_html_(self) -> str:
+        from arrakis.viz.html import head_selection_html
+
+        return head_selection_html(self)
+
     def __repr__(self) -> str:
         body = ", ".join(f"L{layer}H{head} ({self.shares[head]:.0%})" for layer, head in self)
         return f"HeadSelection([{body}], method={self.method!r}, covers {self.covered():.0%} >= {self.threshold:.0%})"
@@ -128,6 +144,17 @@ class CompositionScores(torch.Tensor):
 
     def to_dict(self) -> dict[str, Any]:
         return {"mode": self.mode, "folded": self.folded, "baseline": self.baseline, "scores": self.tensor.tolist()}
+
+    def plot(self) -> Figure:
+        """The (L*H) x (L*H) writer x reader matrix, colours diverging at the baseline."""
+        from arrakis.viz.composition import plot_composition
+
+        return plot_composition(self)
+
+    def _repr_html_(self) -> str:
+        from arrakis.viz.html import composition_html
+
+        return composition_html(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CompositionScores:
@@ -192,6 +219,17 @@ class HeadRoles:
             data[role] = torch.tensor(data[role], dtype=torch.float32)
         return cls(**data)
 
+    def plot(self) -> Figure:
+        """Three layer x head heatmaps: previous-token, duplicate-token, induction."""
+        from arrakis.viz.roles import plot_head_roles
+
+        return plot_head_roles(self)
+
+    def _repr_html_(self) -> str:
+        from arrakis.viz.html import head_roles_html
+
+        return head_roles_html(self)
+
 
 @dataclass
 class CircuitEdge:
@@ -249,6 +287,17 @@ class Circuit(list):
     def from_dict(cls, data: dict[str, Any]) -> Circuit:
         data = dict(data)
         return cls([CircuitEdge.from_dict(e) for e in data.pop("edges")], **data)
+
+    def plot(self, min_role_score: float = 0.3) -> Figure:
+        """The writer -> reader graph: heads by layer and index, coloured by strongest role."""
+        from arrakis.viz.circuit import plot_circuit
+
+        return plot_circuit(self, min_role_score=min_role_score)
+
+    def _repr_html_(self) -> str:
+        from arrakis.viz.html import circuit_html
+
+        return circuit_html(self)
 
     def __repr__(self) -> str:
         lines = [

@@ -1,0 +1,158 @@
+"""Results as compact HTML for notebooks: the ``_repr_html_`` of every result calls these.
+
+A summary line and a small table, never a whole tensor: the selected heads, the strongest
+composition edges, the top heads per role, a circuit's edges, a trace's flow per layer with
+its top heads and paths. Every piece of text passes through ``html.escape`` (tokens hold
+"<", "&" and quotes). No matplotlib here.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from arrakis.viz.common import head_name
+
+if TYPE_CHECKING:
+    from arrakis.tools.information_flow import InformationFlow
+    from arrakis.tools.results import Circuit, CompositionScores, HeadRoles, HeadSelection
+
+CELL = "padding:1px 8px;text-align:right"
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], highlight: Iterable[int] = ()) -> str:
+    """An HTML table of text cells (escaped); rows whose index is in ``highlight`` in bold."""
+    bold = set(highlight)
+    head = "".join(f'<th style="{CELL}">{esc(h)}</th>' for h in headers)
+    body = []
+    for i, row in enumerate(rows):
+        style = CELL + (";font-weight:bold" if i in bold else "")
+        body.append("<tr>" + "".join(f'<td style="{style}">{esc(cell)}</td>' for cell in row) + "</tr>")
+    return f'<table style="border-collapse:collapse"><tr>{head}</tr>{"".join(body)}</table>'
+
+
+def panel(title: str, lines: Iterable[str], *tables: str) -> str:
+    """A titled block: summary lines (escaped), then tables (already HTML)."""
+    text = "".join(f"<div>{esc(line)}</div>" for line in lines if line)
+    return f'<div class="arrakis-result"><strong>{esc(title)}</strong>{text}{"".join(tables)}</div>'
+
+
+def head_selection_html(selection: HeadSelection) -> str:
+    """Every head of the layer with its score and share; the selected heads in bold, ranked."""
+    rank = {head: i + 1 for i, (_, head) in enumerate(selection)}
+    rows = [
+        (head_name((selection.layer, h)), f"{score:.4g}", f"{share:.1%}", f"#{rank[h]}" if h in rank else "")
+        for h, (score, share) in enumerate(zip(selection.scores, selection.shares, strict=True))
+    ]
+    baseline = f"baseline {selection.baseline:.4g}" if selection.baseline is not None else ""
+    summary = (
+        f"layer {selection.layer}, {selection.method}: {len(selection)} heads "
+        f"({', '.join(head_name(h) for h in selection) or 'none'}) cover {selection.covered():.0%} "
+        f">= threshold {selection.threshold:.0%}"
+    )
+    return panel(
+        "HeadSelection",
+        [summary, baseline, *selection.notes],
+        table(("head", "score", "share", "selected"), rows, highlight=[h for h in range(len(rows)) if h in rank]),
+    )
+
+
+def composition_html(scores: CompositionScores, k: int = 10) -> str:
+    """A summary (mode, size, baseline, how many pairs beat it) and the k strongest edges."""
+    n_layers, n_heads = scores.shape[:2]
+    t = scores.tensor
+    above = int((t >= 2 * scores.baseline).sum())
+    rows = [
+        (head_name(w), head_name(r), f"{s:.4f}", f"{s / scores.baseline:.1f}x") for w, r, s in scores.top(k) if s > 0
+    ]
+    return panel(
+        f"CompositionScores ({scores.mode})",
+        [
+            f"{scores.mode}-composition of {n_layers} layers x {n_heads} heads, "
+            f"{'folded' if scores.folded else 'raw'} weights; baseline 1/sqrt(d_model) = {scores.baseline:.4f}",
+            f"{above} writer -> reader pairs score at least 2x the baseline; the strongest {len(rows)}:",
+        ],
+        table(("writer", "reader", "score", "x baseline"), rows),
+    )
+
+
+def head_roles_html(roles: HeadRoles, k: int = 5) -> str:
+    """The k strongest heads of each role, with their scores."""
+    from arrakis.circuits.roles import ROLES
+
+    rows = [
+        (role.replace("_", "-"), ", ".join(f"{head_name(h)} {v:.2f}" for h, v in roles.top(role, k))) for role in ROLES
+    ]
+    return panel(
+        "HeadRoles",
+        [f"from {roles.source}: {roles.n_sequences} sequences of {roles.n_tokens} tokens"],
+        table(("role", f"top {k} heads"), rows),
+    )
+
+
+def circuit_html(circuit: Circuit, max_rows: int = 20) -> str:
+    """The circuit's edges, strongest first, with each head's strongest role."""
+
+    from arrakis.viz.circuit import strongest_role
+
+    def role(roles: dict[str, float]) -> str:
+        name = strongest_role(roles, min_role_score=float("-inf"))
+        return f"{name.replace('_', '-')} {roles[name]:.2f}" if name else ""
+
+    rows = [
+        (
+            head_name(e.writer),
+            role(e.writer_roles),
+            head_name(e.reader),
+            role(e.reader_roles),
+            f"{e.score:.4f}",
+            f"{e.ratio:.1f}x",
+        )
+        for e in circuit[:max_rows]
+    ]
+    filters = ", ".join(
+        f"{side} {r.replace('_', '-')} >= {circuit.role_threshold:g}"
+        for side, r in (("writers", circuit.writer_role), ("readers", circuit.reader_role))
+        if r
+    )
+    more = f"(first {max_rows} shown)" if len(circuit) > max_rows else ""
+    return panel(
+        f"Circuit ({circuit.mode}-composition)",
+        [
+            f"{len(circuit)} edges >= {circuit.min_ratio:g}x baseline {circuit.baseline:.4f}"
+            + (f"; {filters}" if filters else ""),
+            more,
+        ],
+        table(("writer", "writer role", "reader", "reader role", "score", "x baseline"), rows),
+    )
+
+
+def information_flow_html(flow: InformationFlow) -> str:
+    """Flow per layer with its strongest head, the top heads, and the strongest paths."""
+    words = flow.str_tokens if flow.str_tokens else flow.tokens
+    layer_rows = []
+    for lf in flow.layers:
+        best = max(lf.heads, key=lambda h: h.carried, default=None)
+        carrier = f"{head_name((lf.layer, best.head))} {best.carried:.3f}" if best and best.carried > 0 else "-"
+        layer_rows.append((lf.layer, f"{lf.flow:.3f}", f"{lf.residual_share:.3f}", carrier))
+    path_rows = [(i + 1, path.describe()) for i, path in enumerate(flow.paths)]
+    lines = [
+        f"src {flow.src_pos} ({words[flow.src_pos]!r}) -> dst {flow.dst_pos} ({words[flow.dst_pos]!r})",
+        f"top heads: {', '.join(head_name(h) for h in flow.top_heads) or 'none'}",
+    ]
+    if flow.knockout:
+        every = flow.knockout["all_layers"]
+        lines.append(
+            f"knocking out dst -> src in every layer: KL {every['kl']:.4f}, p(top) {every['delta_p_top']:+.4f}"
+        )
+    return panel(
+        "InformationFlow",
+        lines,
+        table(("layer", "flow", "residual share", "strongest head (carried)"), layer_rows),
+        table(("path", "src -> ... -> dst (score)"), path_rows),
+    )
