@@ -214,6 +214,40 @@ def cmd_summary(args: argparse.Namespace) -> Any:
     return data, "\n\n".join(summarize(m) for m in models.values())
 
 
+def cmd_experiments(args: argparse.Namespace) -> Any:
+    from arrakis.bench.store import ExperimentStore
+
+    store = ExperimentStore(args.save_dir)
+    if not store.path.exists():
+        raise UsageError(f"no experiment store in {args.save_dir!r} (looked for {store.path})")
+    if args.action == "list":
+        names = store.experiments() if args.name is None else {args.name: len(store.list_versions(args.name))}
+        lines = [f"{name}: {count} runs" for name, count in names.items()]
+        if args.name is not None:
+            lines += [f"  {run.version[:12]}  {run.timestamp}" for run in store.runs(args.name)]
+        return {"experiments": names}, "\n".join(lines) or "no experiments"
+    if args.name is None:
+        raise UsageError(f"experiments {args.action} needs an experiment NAME")
+    if args.action == "show":
+        runs = store.runs(args.name) if args.version is None else [store.get_version(args.name, args.version)]
+        if not runs:
+            raise UsageError(f"no runs of experiment {args.name!r}")
+        run = runs[-1]
+        text = "\n".join(
+            [
+                f"{run.name} {run.version} ({run.timestamp})",
+                f"arguments: {json.dumps(run.args)}",
+                f"result: {json.dumps(run.result)[:2000]}",
+                f"hash verifies: {run.verify()}",
+            ]
+        )
+        return run.to_dict(), text
+    if args.out is None:
+        raise UsageError("experiments export needs --out FILE")
+    count = store.export(args.name, args.out)
+    return {"exported": count, "path": args.out}, f"{count} runs of {args.name!r} written to {args.out}"
+
+
 def _positive_int(value: str, what: str) -> int:
     if not value.isdigit() or int(value) < 1:
         raise UsageError(f"{what} must be a positive int or 'all', got {value!r}")
@@ -256,6 +290,12 @@ def build_parser() -> Parser:
     report.add_argument("--prompt", default=None, help="a prompt for the flow trace")
     report.add_argument("--src", default=None)
     report.add_argument("--dst", default=None)
+    experiments = command("experiments", "read the bench's experiment store", cmd_experiments)
+    experiments.add_argument("action", choices=["list", "show", "export"])
+    experiments.add_argument("name", nargs="?", default=None, help="an experiment name")
+    experiments.add_argument("version", nargs="?", default=None, help="a version hash (or a unique prefix)")
+    experiments.add_argument("--save-dir", default="experiments", help="the bench's save_dir")
+    experiments.add_argument("--out", default=None, help="export: the JSON-lines file to write")
     summary = command("summary", "shape summaries of the small random models", cmd_summary)
     summary.add_argument("families", nargs="*", metavar="FAMILY", help=", ".join(supported_families()))
     return parser

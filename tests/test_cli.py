@@ -94,3 +94,32 @@ def test_flow_traces_a_prompt_and_verifies_it():
     assert data["knockout"]["all_layers"]["delta_p_top"] < -0.3
     bad = run("flow", "--prompt", prompt, "--src", " Bob", "--dst", " to")
     assert bad.returncode == 2 and "does not occur before dst" in bad.stderr
+
+
+def test_experiments_lists_shows_and_exports_the_bench_store(tmp_path):
+    from arrakis.bench import BaseInterpretabilityBench
+    from tests.conftest import shared
+
+    bench = BaseInterpretabilityBench(shared("gpt2"), save_dir=tmp_path / "runs")
+
+    @bench.log_experiment("writers")
+    @bench.use_tools("write_read")
+    def writers(layer, write_read):
+        return write_read.identify_write_heads(layer)
+
+    writers(0)
+    writers(1)
+    versions = bench.list_versions("writers")
+    listed = run("experiments", "list", "--save-dir", str(tmp_path / "runs"), "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert json.loads(listed.stdout) == {"experiments": {"writers": 2}}
+    shown = run("experiments", "show", "writers", versions[0][:8], "--save-dir", str(tmp_path / "runs"), "--json")
+    data = json.loads(shown.stdout)
+    assert data["version"] == versions[0] and data["args"] == {"layer": 0} and data["result"]["layer"] == 0
+    out = tmp_path / "writers.jsonl"
+    exported = run("experiments", "export", "writers", "--out", str(out), "--save-dir", str(tmp_path / "runs"))
+    assert exported.returncode == 0 and len(out.read_text().splitlines()) == 2
+    missing = run("experiments", "list", "--save-dir", str(tmp_path / "nothing"))
+    assert missing.returncode == 2 and "no experiment store" in missing.stderr
+    unknown = run("experiments", "show", "writers", "ffffffff", "--save-dir", str(tmp_path / "runs"))
+    assert unknown.returncode == 2 and "writers" in unknown.stderr
