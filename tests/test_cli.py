@@ -123,3 +123,14 @@ def test_experiments_lists_shows_and_exports_the_bench_store(tmp_path):
     assert missing.returncode == 2 and "no experiment store" in missing.stderr
     unknown = run("experiments", "show", "writers", "ffffffff", "--save-dir", str(tmp_path / "runs"))
     assert unknown.returncode == 2 and "writers" in unknown.stderr
+
+
+@pytest.mark.slow
+def test_report_writes_a_self_contained_page(tmp_path):
+    out = tmp_path / "report.html"
+    result = run("report", "--out", str(out), "--prompt", "When Mary and John went to the store, John gave a drink to")
+    assert result.returncode == 0, result.stderr
+    text = out.read_text()
+    assert text.count("<img class='figure'") >= 5 and "Prompt 'When Mary" in text
+    bad = run("report", "--out", str(out), "--src", " Mary")
+    assert bad.returncode == 2 and "--src and --dst need --prompt" in bad.stderr
