@@ -131,6 +131,6 @@ def test_report_writes_a_self_contained_page(tmp_path):
     result = run("report", "--out", str(out), "--prompt", "When Mary and John went to the store, John gave a drink to")
     assert result.returncode == 0, result.stderr
     text = out.read_text()
-    assert text.count("<img class='figure'") >= 5 and "Prompt 'When Mary" in text
+    assert text.count("<img class='figure'") >= 5 and "Prompt &#x27;When Mary and John" in text
     bad = run("report", "--out", str(out), "--src", " Mary")
     assert bad.returncode == 2 and "--src and --dst need --prompt" in bad.stderr
