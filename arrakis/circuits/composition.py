@@ -106,9 +106,10 @@ def composition_scores(
     W_O: Tensor,
     modes: tuple[str, ...] | str = MODES,
     *,
-    band: int = 64,
-    layer_block: int = 8,
+    band: int | None = None,
+    layer_block: int | None = None,
     head_chunk: int = 256,
+    memory_budget: int = 1 << 30,
     progress: bool = False,
 ) -> dict[str, Tensor]:
     """Composition scores of every writer/reader pair, for each mode.
@@ -119,8 +120,11 @@ def composition_scores(
             stacks of a large model are never copied whole.
         W_O: [n_layers, n_heads, d_head, d_model].
         modes: any of "Q", "K", "V".
-        band: rows of the Grams built at once (memory ~ (1 + modes) * n_heads_total * band * D floats).
-        layer_block: writer layers per matrix product (pairs below the block are skipped).
+        band: rows of the Grams built at once; by default as many as fit ``memory_budget``
+            bytes ((1 + modes) x n_heads_total x band x D float32 values).
+        layer_block: writer layers per matrix product (pairs below the block are skipped); by
+            default enough for 64 heads, large enough for efficient products and small enough
+            that few pairs with the reader at or before the writer are computed and dropped.
         head_chunk: heads cast to float32 at once.
         progress: show a progress bar over the bands.
 
@@ -134,6 +138,10 @@ def composition_scores(
     flat = [w.reshape(n_layers * n_heads, *w.shape[2:]) for w in (W_Q, W_K, W_V, W_O)]
     writer, ov_sq, readers, reader_sq = _factors(*flat, modes, head_chunk)
     n, device = n_layers * n_heads, W_Q.device
+    if band is None:
+        band = max(1, min(64, memory_budget // ((1 + len(modes)) * n * d_model * 4)))
+    if layer_block is None:
+        layer_block = max(1, -(-64 // n_heads))
     numerators = {m: torch.zeros(n, n, device=device) for m in modes}
     # writer layer blocks: rows [a*H, b*H) only meet readers in layers > a
     blocks = [(a, min(a + layer_block, n_layers)) for a in range(0, n_layers - 1, layer_block)]

@@ -216,6 +216,7 @@ class HookedAutoModel(nn.Module):
         names: NamesFilter = None,
         *,
         transform: Callable[[str, Tensor], Tensor] | None = None,
+        device: str | torch.device | None = None,
     ) -> tuple[Any, ActivationCache]:
         """Run the model, keeping the activations named by ``names``.
 
@@ -224,7 +225,16 @@ class HookedAutoModel(nn.Module):
             names: None for every hook, an iterable of hook names, or a predicate on names.
             transform: applied to each kept activation as it is captured, ``transform(name,
                 tensor)``, e.g. to keep only some positions of a long prompt.
+            device: where kept activations go as they are captured (e.g. "cpu" for a model
+                spread over accelerators with ``device_map``); by default they stay where
+                they were computed.
         """
+        if device is not None:
+            move, inner = torch.device(device), transform
+
+            def transform(name: str, tensor: Tensor) -> Tensor:
+                return (inner(name, tensor) if inner else tensor).to(move)
+
         self._require_forward()
         input_ids = self.check_input_ids(input_ids)
         wanted = set(select(names, self._hook_names, self.cfg))

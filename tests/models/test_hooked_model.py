@@ -224,3 +224,12 @@ def test_from_hf_wraps_a_loaded_model_and_switches_it_to_eager():
     assert hf.config._attn_implementation == "eager"
     _, cache = run(model, names=["blocks.0.attn.hook_pattern"])
     assert cache["pattern", 0].shape[-1] == 12
+
+
+def test_activations_can_be_moved_as_they_are_captured():
+    model = shared("llama")
+    ids = prompt(model.cfg.d_vocab)
+    _, cache = model.run_with_cache(ids, names=["hook_embed", "blocks.1.attn.hook_z"], device="meta")
+    assert all(t.device.type == "meta" for t in cache.values())
+    _, plain = model.run_with_cache(ids, names=["blocks.1.attn.hook_z"])
+    assert plain["z", 1].device.type == "cpu" and cache["z", 1].shape == plain["z", 1].shape
