@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 from benchmarks._memory import measure_once, proc_status
+from benchmarks._transformer_lens import save_for_transformer_lens
 
 REPO = Path(__file__).resolve().parents[1]
 MODES = ("Q", "K", "V")
@@ -163,22 +164,6 @@ def _gib(n: int | None) -> str:
     return "n/a" if n is None else f"{n / GIB:.1f} GiB"
 
 
-def _save_model(model, folder: Path) -> None:
-    """The HF model and a tiny offline tokenizer, so TransformerLens can boot from the folder."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()
-    model.hf_model.save_pretrained(folder)
-    tok = Tokenizer(models.WordLevel({f"t{i}": i for i in range(512)}, unk_token="t0"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    hf_tok = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="t0", bos_token="t1", eos_token="t2", pad_token="t3"
-    )
-    hf_tok.save_pretrained(folder)
-
-
 def _compare_tl(work: Path, mode: str, n: int, ours: dict, cap: int, shape: tuple[int, int, int]) -> dict:
     """Run TransformerLens's ``mode`` on the first n layers and print time, memory, agreement."""
     import torch
@@ -244,7 +229,7 @@ def main() -> None:
             f"= 4 B x (L*H)^2 x (2 x d_head x D + d_head^2): both broadcast operands copied to "
             f"[L,H,L,H,d_head,D], and the [L,H,L,H,d_head,d_head] product"
         )
-        _save_model(model, work / "model")
+        save_for_transformer_lens(model, work / "model")
         del model, raw
 
         tl_q = _compare_tl(work, "Q", L, ours, cap, (H, D, dh))

@@ -2,14 +2,19 @@
 
 Baseline: the same Hugging Face module called directly (eager attention), in the same run.
 Measured on a random model with the embedded model's shape (SmolLM2-135M: 30 layers, 9
-query heads, 3 KV heads, d_model 576) and on the small default Llama. Also times stacking
-the per-head weights, the first time and when reused.
+query heads, 3 KV heads, d_model 576) and on the small default Llama. Targets: a targeted
+cache (the patterns only) within 5% of the plain forward, every hook within 20%.
+TransformerLens's ``run_with_cache`` on the same Hugging Face model (its bridge, booted
+offline) is printed beside ours as a reference. Also times stacking the per-head weights,
+the first time and when reused.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -60,6 +65,28 @@ def bench(label: str, model: HookedAutoModel, pos: int) -> None:
     print(f"  run_with_cache, all hooks {t_all * 1e3:8.1f} ms   x{t_all / t_plain:.2f}   cache {cache_mib:.0f} MiB")
     print(f"  run_with_cache, patterns  {t_pattern * 1e3:8.1f} ms   x{t_pattern / t_plain:.2f}")
     print(f"  head_weights: first {t_stack * 1e3:.1f} ms, reused {t_reuse * 1e6:.0f} us")
+    t_tl = transformer_lens_run_with_cache(model, ids)
+    if t_tl is not None:
+        print(f"  TransformerLens run_with_cache (all hooks) {t_tl * 1e3:8.1f} ms   x{t_tl / t_plain:.2f}  (reference)")
+
+
+def transformer_lens_run_with_cache(model: HookedAutoModel, ids: torch.Tensor) -> float | None:
+    """TransformerLens's bridge over the same Hugging Face model, or None without it."""
+    try:
+        from transformer_lens.model_bridge import TransformerBridge
+        from transformers import AutoTokenizer
+    except ImportError:
+        print("  TransformerLens is not installed: no reference")
+        return None
+    from benchmarks._transformer_lens import save_for_transformer_lens
+
+    with tempfile.TemporaryDirectory() as folder:
+        save_for_transformer_lens(model, Path(folder))
+        bridge = TransformerBridge.boot_transformers(
+            folder, hf_model=model.hf_model, tokenizer=AutoTokenizer.from_pretrained(folder)
+        )
+        with torch.no_grad():
+            return best_of(lambda: bridge.run_with_cache(ids))
 
 
 def main() -> None:
