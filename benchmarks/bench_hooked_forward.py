@@ -32,7 +32,7 @@ SMOLLM_SHAPE = {
 }
 
 
-def best_of(fn, repeats: int = 5) -> float:
+def best_of(fn, repeats: int = 15) -> float:
     """The fastest of a few runs, in seconds (the least disturbed by the machine)."""
     fn()  # warm up
     times = []

@@ -290,11 +290,24 @@ class HookedAutoModel(nn.Module):
 
         def heads(channel: str) -> Capture:
             idx = qkv_index(a.qkv_layout, channel, cfg.n_heads, cfg.n_kv_heads, cfg.d_head)
-            if channel != "q":
-                idx = idx[self._kv_group]  # expand K and V to one slice per query head
+            n_c = idx.shape[0]
+            base, head_stride = int(idx[0, 0]), int(idx[1, 0] - idx[0, 0]) if n_c > 1 else 0
+            expand = channel != "q" and cfg.n_kv_heads < cfg.n_heads
+            # Every layout puts head h's features at base + h * head_stride + i: a strided
+            # view of the projection's output, so no copy is made (except to expand K, V).
+            affine = torch.equal(idx, base + head_stride * torch.arange(n_c)[:, None] + torch.arange(cfg.d_head))
 
             def capture(args: tuple, kwargs: dict, out: Tensor) -> Tensor:
-                return out[..., idx.to(out.device)]  # [batch, pos, features] -> [batch, pos, head, d_head]
+                if affine and out.is_contiguous():
+                    *lead, _ = out.shape  # [batch, pos, features] -> [batch, pos, head, d_head]
+                    heads = out.as_strided(
+                        (*lead, n_c, cfg.d_head),
+                        (*out.stride()[:-1], head_stride, 1),
+                        out.storage_offset() + base,
+                    )
+                else:
+                    heads = out[..., idx.to(out.device)]
+                return heads[:, :, self._kv_group.to(out.device)] if expand else heads  # one slice per query head
 
             return capture
 
