@@ -76,14 +76,27 @@ def _factors(W_Q: Tensor, W_K: Tensor, W_V: Tensor, W_O: Tensor, modes: tuple[st
     return (W_OT, S_V), ov_sq, readers, reader_sq
 
 
-def _band_gram(A: Tensor, S: Tensor, r0: int, r1: int, head_chunk: int) -> Tensor:
-    """Rows [r0, r1) x columns [r0, D) of every head's Gram (A S) A^T, flattened:
-    [n, (r1 - r0) * (D - r0)]. Weights are cast to float32 a chunk of heads at a time."""
-    n, d_model = A.shape[0], A.shape[1]
-    out = torch.empty(n, r1 - r0, d_model - r0, device=A.device)
+class _Scratch:
+    """Buffers reused from band to band (allocating hundreds of MiB per band costs more in
+    page faults than the arithmetic)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device, self.buffers = device, {}
+
+    def take(self, name: str, shape: tuple[int, ...]) -> Tensor:
+        size = math.prod(shape)
+        if name not in self.buffers or self.buffers[name].numel() < size:
+            self.buffers[name] = torch.empty(size, device=self.device)
+        return self.buffers[name][:size].view(shape)
+
+
+def _band_gram(A: Tensor, S: Tensor, r0: int, r1: int, head_chunk: int, out: Tensor, cast: Tensor) -> Tensor:
+    """Rows [r0, r1) x columns [r0, D) of every head's Gram (A S) A^T into ``out``
+    [n, r1 - r0, D - r0]. Weights are cast to float32 (into ``cast``) a chunk of heads at a time."""
+    n = A.shape[0]
     for start in range(0, n, head_chunk):
-        heads = slice(start, start + head_chunk)
-        Y = A[heads, r0:].float()  # [chunk, D - r0, d_head]
+        heads = slice(start, min(start + head_chunk, n))
+        Y = cast[: heads.stop - start].copy_(A[heads, r0:])  # [chunk, D - r0, d_head] in float32
         # [chunk, rows, d_head] x [chunk, d_head, d_head] x [chunk, d_head, D - r0]
         torch.matmul(Y[:, : r1 - r0] @ S[heads], Y.transpose(-1, -2), out=out[heads])
     return out
@@ -146,11 +159,16 @@ def composition_scores(
     # writer layer blocks: rows [a*H, b*H) only meet readers in layers > a
     blocks = [(a, min(a + layer_block, n_layers)) for a in range(0, n_layers - 1, layer_block)]
     bands = range(0, d_model, band)
+    scratch = _Scratch(device)
+    d_head = W_Q.shape[-1]
     for r0 in tqdm(bands, desc="composition", unit="band", disable=not progress, leave=False):
         r1 = min(r0 + band, d_model)
-        G_w = _weigh_upper_band(_band_gram(*writer, r0, r1, head_chunk)).flatten(1)
+        shape = (n, r1 - r0, d_model - r0)
+        cast = scratch.take("cast", (min(head_chunk, n), d_model - r0, d_head))
+        G_w = _band_gram(*writer, r0, r1, head_chunk, scratch.take("writer", shape), cast)
+        G_w = _weigh_upper_band(G_w).flatten(1)
         for m in modes:
-            G_r = _band_gram(*readers[m], r0, r1, head_chunk).flatten(1)
+            G_r = _band_gram(*readers[m], r0, r1, head_chunk, scratch.take("reader", shape), cast).flatten(1)
             for a, b in blocks:
                 rows, cols = slice(a * n_heads, b * n_heads), slice((a + 1) * n_heads, n)
                 numerators[m][rows, cols].addmm_(G_w[rows], G_r[cols].mT)  # <A^T A, B B^T> per pair

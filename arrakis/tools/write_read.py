@@ -71,7 +71,7 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         threshold = check_threshold(threshold)
         u = None if direction is None else check_direction(direction, self.cfg.d_model)
         weights = self.model.head_weights(folded=True)
-        W_V, W_O = weights.W_V[layer], weights.W_O[layer]
+        W_V, W_O = weights.W_V[layer].float(), weights.W_O[layer].float()  # stacks may be bfloat16
         if input_ids is None:
             scores = head_math.ov_norms(W_V, W_O) if u is None else head_math.ov_along(W_V, W_O, u)
             method = "weights"
@@ -104,7 +104,9 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         else:
             u, what = self._read_direction(dim_idx)
             weights = self.model.head_weights(folded=True)
-            per_channel = {c: head_math.read_scores(getattr(weights, f"W_{c.upper()}")[layer], u) for c in channels}
+            per_channel = {
+                c: head_math.read_scores(getattr(weights, f"W_{c.upper()}")[layer].float(), u) for c in channels
+            }
             baseline, method = 1.0, f"direction-{channel}"
         stacked = torch.stack([per_channel[c] for c in channels])  # [channel, head]
         scores = stacked.pow(2).mean(0).sqrt()  # root mean square over channels

@@ -45,5 +45,13 @@ def test_bfloat16_stacks_halve_the_memory_and_stay_close(tmp_path):
     weights = streamed.head_weights()
     assert weights.W_Q.dtype == torch.bfloat16
     torch.testing.assert_close(weights.W_Q.float(), original.head_weights().W_Q, atol=1e-2, rtol=1e-2)
-    scores = WriteReadAnalyzer(streamed).composition_scores("K").tensor
-    torch.testing.assert_close(scores, WriteReadAnalyzer(original).composition_scores("K").tensor, atol=5e-3, rtol=0)
+    tool, reference = WriteReadAnalyzer(streamed), WriteReadAnalyzer(original)
+    scores = tool.composition_scores("K").tensor
+    torch.testing.assert_close(scores, reference.composition_scores("K").tensor, atol=5e-3, rtol=0)
+    for layer in range(streamed.cfg.n_layers):  # per-layer tools read bfloat16 stacks too
+        assert tool.identify_write_heads(layer).scores == pytest.approx(
+            reference.identify_write_heads(layer).scores, rel=2e-2
+        )
+        assert tool.identify_read_heads(layer, dim_idx=3).scores == pytest.approx(
+            reference.identify_read_heads(layer, dim_idx=3).scores, rel=2e-2
+        )
