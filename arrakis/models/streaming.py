@@ -13,7 +13,6 @@ import json
 import logging
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import torch
 from safetensors import safe_open
@@ -40,7 +39,6 @@ class Checkpoint:
         self.config = AutoConfig.from_pretrained(self.folder, local_files_only=True)
         self.adapter: FamilyAdapter = adapter_for(self.config.model_type)
         self.files = self._weight_map()
-        self._open: dict[Path, Any] = {}
         self.prefix = self._layer_prefix()
         o_shape = self.shape_of(self.name(0, self.adapter.o, "weight"))
         o_in = o_shape[0 if self.adapter.conv1d else 1]
@@ -75,19 +73,20 @@ class Checkpoint:
     def name(self, layer: int, path: str, kind: str) -> str:
         return f"{self.prefix}.{layer}.{path}.{kind}"
 
-    def _handle(self, file: Path) -> Any:
-        if file not in self._open:
-            self._open[file] = safe_open(file, framework="pt")
-        return self._open[file]
+    # Each read opens its shard and closes it again: a shard stays memory-mapped only while
+    # it is open, and mapped pages that were read count as resident memory, so keeping the
+    # shards open would hold the whole checkpoint in memory beside the stacked weights.
 
     def shape_of(self, name: str) -> list[int]:
-        return list(self._handle(self.files[name]).get_slice(name).get_shape())
+        with safe_open(self.files[name], framework="pt") as f:
+            return list(f.get_slice(name).get_shape())
 
     def tensor(self, name: str) -> Tensor | None:
         """One tensor, read from its shard (None if the checkpoint has no such tensor)."""
         if name not in self.files:
             return None
-        return self._handle(self.files[name]).get_tensor(name)
+        with safe_open(self.files[name], framework="pt") as f:
+            return f.get_tensor(name)
 
     def layer_tensors(self, layer: int) -> tuple[Linear, Norm]:
         def linear(path: str) -> tuple[Tensor, Tensor | None]:
