@@ -1,8 +1,9 @@
 """``make bench``: run every benchmark in this folder."""
 
-from benchmarks import bench_composition, bench_hooked_forward, bench_information_flow
+from benchmarks import bench_composition, bench_hooked_forward, bench_information_flow, bench_large_checkpoints
 
 if __name__ == "__main__":
     bench_hooked_forward.main()
     bench_composition.main()
     bench_information_flow.main()
+    bench_large_checkpoints.main()
