@@ -76,9 +76,11 @@ def _heads_text(pairs: list[tuple[int, float]]) -> str:
     return ", ".join(f"H{h} {score:.2f}" for h, score in pairs) or "-"
 
 
-def heads_table(tool: WriteReadAnalyzer, layers: list[int], threshold: float) -> tuple[str, dict[str, Any]]:
+def heads_table(
+    tool: WriteReadAnalyzer, layers: list[int], threshold: float, roles: Any = None
+) -> tuple[str, dict[str, Any]]:
     """Write heads and role scores per layer, as text and as data."""
-    roles = tool.head_roles()
+    roles = roles if roles is not None else tool.head_roles()
     lines = [
         f"head roles on {roles.source}; listed at score >= {ROLE_THRESHOLD}",
         f"{'layer':>5}  {f'write heads ({threshold:.0%} of the layer)':<36} {'previous-token':<24} induction",
@@ -100,8 +102,9 @@ def analyze(model: HookedAutoModel) -> str:
     and the read heads of the strongest induction edge's layer for its writer."""
     tool = WriteReadAnalyzer(model)
     c = model.cfg
-    text, _ = heads_table(tool, list(range(c.n_layers)), 0.8)
-    circuit = tool.circuits("K", writer_role="previous_token", reader_role="induction", top_k=10)
+    roles = tool.head_roles()  # one forward pass serves the table and the circuit
+    text, _ = heads_table(tool, list(range(c.n_layers)), 0.8, roles)
+    circuit = tool.circuits("K", writer_role="previous_token", reader_role="induction", roles=roles, top_k=10)
     lines = [f"{c.family}: {c.n_layers} layers x {c.n_heads} heads ({c.n_kv_heads} KV heads), d_model {c.d_model}"]
     lines += [
         text,

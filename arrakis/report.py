@@ -11,6 +11,7 @@ file opens anywhere without a network. The report only calls tools and the resul
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
 import logging
@@ -106,9 +107,13 @@ class Report:
             [figure_data_uri(plot_head_scores(writes))],
         )
 
+    @functools.cached_property
+    def roles(self) -> Any:
+        """Head roles, computed once for the roles and the circuit sections."""
+        return self.tool.head_roles()
+
     def _roles(self) -> Section:
-        roles = self.tool.head_roles()
-        self._head_roles = roles
+        roles = self.roles
         rows = []
         for role in ("previous_token", "duplicate_token", "induction"):
             top = [(h, v) for h, v in roles.top(role, 5) if v >= self.role_threshold]
@@ -122,7 +127,7 @@ class Report:
 
     def _composition(self) -> Section:
         scores = self.tool.composition_scores("K")
-        circuit = self.tool.circuits("K", writer_role="previous_token", reader_role="induction", roles=self._head_roles)
+        circuit = self.tool.circuits("K", writer_role="previous_token", reader_role="induction", roles=self.roles)
         rows = [
             [f"L{e.writer[0]}H{e.writer[1]}", f"L{e.reader[0]}H{e.reader[1]}", f"{e.score:.3f}", f"{e.ratio:.1f}x"]
             for e in circuit
@@ -168,11 +173,12 @@ class Report:
     def _flow_question(self) -> tuple[torch.Tensor, int, int, str]:
         if self.prompt is None:
             generator = torch.Generator().manual_seed(0)
-            half = torch.randint(100, self.model.cfg.d_vocab, (1, 20), generator=generator)
+            n, k = 20, 10  # 20 random tokens, twice; trace from after token k's first occurrence to its second
+            half = torch.randint(100, self.model.cfg.d_vocab, (1, n), generator=generator)
             bos = getattr(self.model.tokenizer, "bos_token_id", None)
             ids = torch.cat([torch.tensor([[bos]]) if bos is not None else half[:, :0], half, half], dim=1)
-            offset = ids.shape[1] - 40
-            src, dst = offset + 11, offset + 30
+            offset = ids.shape[1] - 2 * n
+            src, dst = offset + k + 1, offset + n + k
             return ids, src, dst, f"Repeated random tokens: from position {src} (after the first occurrence) to {dst}"
         from arrakis.tools.information_flow import resolve_positions
 

@@ -62,13 +62,6 @@ def hook_names(cfg: ModelShape) -> list[str]:
     return [*names, "ln_final.hook_normalized", "logits"]
 
 
-def hook_shape(name: str) -> str:
-    """The axis names of a hook's tensor, e.g. "batch head query_pos key_pos"."""
-    if name.startswith("blocks."):
-        return LAYER_HOOKS[name.split(".", 2)[2]]
-    return "batch pos d_vocab" if name == "logits" else "batch pos d_model"
-
-
 def explain_unknown(name: object, cfg: ModelShape, valid: list[str]) -> str:
     """Why ``name`` is not a hook of this model, and the nearest valid names."""
     if isinstance(name, str) and name.endswith("hook_resid_mid") and cfg.parallel_residual:

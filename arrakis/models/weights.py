@@ -47,14 +47,6 @@ class HeadWeights:
     kv_group: Tensor  # [n_heads] long: the KV head each query head reads
     folded: bool
 
-    @property
-    def n_layers(self) -> int:
-        return self.W_Q.shape[0]
-
-    @property
-    def n_heads(self) -> int:
-        return self.W_Q.shape[1]
-
     def tensors(self) -> dict[str, Tensor]:
         """The tensors by TransformerLens name (W_Q, ..., b_O, kv_group)."""
         return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "folded"}

@@ -64,6 +64,13 @@ def check_direction(direction: object, d_model: int, what: str = "direction") ->
     return direction.float()
 
 
+def check_positive_int(value: object, what: str) -> int:
+    """An int >= 1, or an error like "seq_len must be a positive int, got 0"."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{what} must be a positive int, got {value!r}")
+    return int(value)
+
+
 def check_choice(value: object, choices: tuple[str, ...], what: str) -> str:
     if not isinstance(value, str) or value.lower() not in choices:
         raise ValueError(f"unknown {what} {value!r}; expected one of {', '.join(repr(c) for c in choices)}")

@@ -32,6 +32,7 @@ from arrakis.tools.base import (
     check_direction,
     check_index,
     check_layer,
+    check_positive_int,
     check_threshold,
 )
 from arrakis.tools.information_flow import InformationFlow, resolve_layers, resolve_positions, trace
@@ -238,9 +239,7 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         """
         ids, src, dst = resolve_positions(self.model, input_ids, src_token, dst_token, src_pos, dst_pos, batch_index)
         chosen = resolve_layers(n_layers, layers, self.cfg.n_layers)
-        for value, what in ((top_k, "top_k"), (n_paths, "n_paths")):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{what} must be a positive int, got {value!r}")
+        top_k, n_paths = check_positive_int(top_k, "top_k"), check_positive_int(n_paths, "n_paths")
         if not 0 <= min_edge_flow <= 1:
             raise ValueError(f"min_edge_flow must be in [0, 1], got {min_edge_flow}")
         return trace(
@@ -264,9 +263,8 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         ``n_repeats`` times (after a BOS token where the tokenizer has one).
         """
         if input_ids is None:
-            for value, what in ((seq_len, "seq_len"), (n_repeats, "n_repeats"), (n_sequences, "n_sequences")):
-                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                    raise ValueError(f"{what} must be a positive int, got {value!r}")
+            seq_len, n_repeats = check_positive_int(seq_len, "seq_len"), check_positive_int(n_repeats, "n_repeats")
+            n_sequences = check_positive_int(n_sequences, "n_sequences")
             if n_repeats < 2:
                 logger.warning("n_repeats=1: nothing repeats, so induction and duplicate scores will be ~0")
             bos = getattr(self.model.tokenizer, "bos_token_id", None)
