@@ -2,11 +2,13 @@
 
     arrakis models                       the families and the embedded model
     arrakis analyze [--model PATH]       the main job (make run): write heads and head roles per
-                                         layer, the induction circuit, the read heads of one layer
+                                         layer, the induction circuit, the read heads of one layer,
+                                         and which heads carry an induction prediction (flow)
     arrakis heads [--model PATH] [--layer L] [--threshold T]
                                          write heads (and previous-token / induction scores)
     arrakis circuits [--model PATH] [--mode K] [--writer-role R] [--reader-role R]
-    arrakis flow --prompt TEXT --src TOKEN --dst TOKEN [--layers N] [--verify]
+    arrakis flow --prompt TEXT --src TOKEN --dst TOKEN [--layers N] [--method M] [--target T]
+                                         [--foil F] [--verify | --verify-all]
     arrakis report --out FILE [--model PATH] [--prompt TEXT --src TOKEN --dst TOKEN]
     arrakis summary [FAMILY ...]         shape summaries of the small random models
     arrakis experiments list|show|export [--save-dir DIR]
@@ -30,6 +32,7 @@ from tqdm import tqdm
 from arrakis.models import HookedAutoConfig, HookedAutoModel, ModelNotFoundError, load_model, supported_families
 from arrakis.models.loading import EMBEDDED_FILE, cache_dir, embedded_model_path
 from arrakis.tools import WriteReadAnalyzer
+from arrakis.tools.flow_question import induction_question
 
 ROLE_THRESHOLD = 0.3  # a head counts as previous-token / induction at this score or above
 
@@ -121,6 +124,13 @@ def analyze(model: HookedAutoModel) -> str:
             "  " + ", ".join(f"L{layer}H{h} {reads.scores[h]:.3f}" for layer, h in reads),
             f"  (baseline 1/sqrt(d_model) = {reads.baseline:.3f})",
         ]
+    ids, src, dst = induction_question(model)
+    flow = tool.trace_information_flow(ids, src_pos=src, dst_pos=dst, target=int(ids[0, src]), verify=True)
+    lines += [
+        "",
+        "information flow on repeated random tokens, after the first occurrence -> the second:",
+        flow_text(flow),
+    ]
     return "\n".join(lines)
 
 
@@ -175,25 +185,65 @@ def cmd_circuits(args: argparse.Namespace) -> Any:
     return circuit.to_dict(), repr(circuit)
 
 
+def flow_text(flow: Any) -> str:
+    """A flow trace as lines of text: the question, the metric, the heads, routes, checks."""
+    tokens = flow.str_tokens or [str(t) for t in flow.tokens]
+    lines = [
+        f"{tokens[flow.src_pos]!r} (position {flow.src_pos}) -> {tokens[flow.dst_pos]!r} (position {flow.dst_pos}), "
+        f"{len(flow.layers)} layers, method {flow.method}"
+    ]
+
+    def scored(heads: list[tuple[int, int]]) -> str:
+        return ", ".join(f"L{layer}H{head} {flow.score(layer, head):+.4f}" for layer, head in heads) or "-"
+
+    if flow.method == "attribution":
+        m = flow.metric
+        target = m["target_str"] if m["target_str"] is not None else m["target"]
+        foil = m["foil_str"] if m["foil_str"] is not None else m["foil"]
+        foil = f", foil {foil!r}" if m["foil"] is not None else ""
+        lines.append(f"metric: {m['formula']}, target {target!r}{foil}; clean value {m['clean']:.4f}")
+        lines.append("estimated drop in the metric when each head's dst <- src edge is knocked out:")
+        lines.append("  top heads: " + scored(flow.top_heads))
+        lines.append("  suppressors: " + scored(flow.suppressors))
+        strongest = sorted(flow.layers, key=lambda lf: -abs(lf.flow))[:5]
+        lines.append("  strongest layers: " + ", ".join(f"L{lf.layer} {lf.flow:+.4f}" for lf in strongest))
+    else:
+        lines.append("flow per layer: " + ", ".join(f"L{lf.layer} {lf.flow:.3f}" for lf in flow.layers))
+        lines.append("top heads: " + (", ".join(f"L{layer}H{head}" for layer, head in flow.top_heads) or "-"))
+    lines.append("routes: " + ("; ".join(p.describe() for p in flow.paths[:3]) or "-"))
+    if flow.verification:
+        v = flow.verification
+        every = v["all_layers"]
+        estimate = "" if every["estimate"] is None else f"estimate {every['estimate']:+.4f}, "
+        lines.append(
+            f"exact knockout of dst <- src in every layer: {estimate}exact {every['exact']:+.4f}, KL {every['kl']:.3f}"
+        )
+        pairs = [f"L{r['layer']}H{r['head']} {r['estimate']:+.4f} / {r['exact']:+.4f}" for r in v["heads"][:8]]
+        lines.append("  each head (estimate / exact): " + ", ".join(pairs))
+        rho = [
+            f"{name} {v[f'spearman_{name}']:.3f}" for name in ("heads", "layers") if v[f"spearman_{name}"] is not None
+        ]
+        if rho:
+            lines.append("  rank correlation of estimates and exact drops: " + ", ".join(rho))
+    return "\n".join(lines)
+
+
 def cmd_flow(args: argparse.Namespace) -> Any:
     model = load_model(args.model)
     tool = WriteReadAnalyzer(model)
     ids = model.to_tokens(args.prompt)
     n_layers = None if args.layers == "all" else _positive_int(args.layers, "--layers")
-    flow = tool.trace_information_flow(ids, args.src, args.dst, n_layers, verify=args.verify)
-    tokens = flow.str_tokens or [str(t) for t in flow.tokens]
-    lines = [
-        f"{tokens[flow.src_pos]!r} (position {flow.src_pos}) -> {tokens[flow.dst_pos]!r} (position {flow.dst_pos})",
-        "flow per layer: " + ", ".join(f"L{lf.layer} {lf.flow:.3f}" for lf in flow.layers),
-        "top heads: " + (", ".join(f"L{layer}H{head}" for layer, head in flow.top_heads) or "-"),
-        "paths: " + "; ".join(p.describe() for p in flow.paths[:3]),
-    ]
-    if flow.knockout:
-        knock = flow.knockout["all_layers"]
-        lines.append(
-            f"knockout of dst -> src in every layer: KL {knock['kl']:.3f}, dp(top) {knock['delta_p_top']:+.3f}"
-        )
-    return flow.to_dict(), "\n".join(lines)
+    flow = tool.trace_information_flow(
+        ids,
+        args.src,
+        args.dst,
+        n_layers,
+        method=args.method,
+        target=args.target,
+        foil=args.foil,
+        verify="all" if args.verify_all else args.verify,
+    )
+    return flow.to_dict(), flow_text(flow)
 
 
 def cmd_report(args: argparse.Namespace) -> Any:
@@ -287,7 +337,13 @@ def build_parser() -> Parser:
     flow.add_argument("--src", required=True, help="the source token (a string that is one token)")
     flow.add_argument("--dst", required=True, help="the destination token")
     flow.add_argument("--layers", default="all", help="the first N layers, or 'all'")
-    flow.add_argument("--verify", action="store_true", help="check the routes by attention knockout")
+    flow.add_argument("--method", default="attribution", choices=("attribution", "routes"))
+    flow.add_argument(
+        "--target", default=None, help="the token whose log-probability at dst is measured (default: top)"
+    )
+    flow.add_argument("--foil", default=None, help="measure logit(target) - logit(foil) instead")
+    flow.add_argument("--verify", action="store_true", help="exact knockouts of the top heads, each layer, all layers")
+    flow.add_argument("--verify-all", action="store_true", help="exact knockout of every head's edge")
     report = with_model(command("report", "a self-contained HTML report", cmd_report))
     report.add_argument("--out", required=True, help="the HTML file to write")
     report.add_argument("--prompt", default=None, help="a prompt for the flow trace")

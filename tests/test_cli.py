@@ -88,10 +88,15 @@ def test_flow_traces_a_prompt_and_verifies_it():
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert (data["src_pos"], data["dst_pos"]) == (1, 13)
-    assert len(data["flows"]) == 30 and data["flows"][-1] > 0.1
-    # the name movers of layer 23 carry Mary to the end; blocking them loses most of p(' Mary')
+    assert data["method"] == "attribution" and len(data["flows"]) == 30  # every layer by default
+    assert data["metric"]["target_str"] == " Mary"
+    # the name movers of layer 23 carry Mary to the end; blocking dst <- src everywhere loses
+    # most of p(' Mary') (measured: log p falls by 1.40, from -0.08)
     assert data["top_heads"][0][0] == 23
-    assert data["knockout"]["all_layers"]["delta_p_top"] < -0.3
+    assert data["verification"]["all_layers"]["exact"] > 0.7
+    assert data["verification"]["spearman_heads"] > 0.8
+    routes = run("flow", "--prompt", prompt, "--src", " Mary", "--dst", " to", "--method", "routes")
+    assert routes.returncode == 0 and "method routes" in routes.stdout
     bad = run("flow", "--prompt", prompt, "--src", " Bob", "--dst", " to")
     assert bad.returncode == 2 and "does not occur before dst" in bad.stderr
 

@@ -140,6 +140,26 @@ def test_information_flow_positions(dtype, src, dst, n_layers):
             total = lf.residual_share + lf.bias_share + sum(h.importance_total for h in lf.heads)
             assert total == pytest.approx(1.0, abs=1e-4) or total == 0
 
+    check(
+        dtype,
+        lambda t: t.trace_information_flow(ids, src_pos=src, dst_pos=dst, n_layers=n_layers, method="routes"),
+        validate,
+    )
+
+
+@SETTINGS
+@given(
+    dtype=dtypes, src=st.integers(-2, 10), dst=st.integers(-2, 10), n_layers=st.one_of(st.none(), st.integers(-1, 4))
+)
+def test_information_flow_attribution(dtype, src, dst, n_layers):
+    ids = torch.tensor([[3, 5, 7, 5, 9, 11, 5, 13]])
+
+    def validate(flow) -> None:
+        assert flow.src_pos == src and flow.dst_pos == dst and 0 <= src < dst < 8
+        assert torch.isfinite(flow.head_scores).all()
+        assert list(flow) == pytest.approx(flow.head_scores.sum(1).tolist(), abs=1e-5)
+        assert all(0 <= h.attention <= 1 + 1e-5 for lf in flow.layers for h in lf.heads)
+
     check(dtype, lambda t: t.trace_information_flow(ids, src_pos=src, dst_pos=dst, n_layers=n_layers), validate)
 
 

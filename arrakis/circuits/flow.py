@@ -23,6 +23,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+RESIDUAL = -1  # the "head" index of a residual (stay-in-place) hop in a route
+
 
 def l1(x: Tensor) -> Tensor:
     return x.abs().sum(-1)

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,12 +26,13 @@ import torch
 from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
-from arrakis.models import loading
+from arrakis.models import interventions, loading
 from arrakis.models.adapters import adapter_for, qkv_index
 from arrakis.models.adapters.base import module_at
 from arrakis.models.cache import ActivationCache
 from arrakis.models.config import HookedAutoConfig, ModelShape, model_shape
 from arrakis.models.hook_points import NamesFilter, hook_names, select
+from arrakis.models.interventions import Knockout
 from arrakis.models.weights import HeadWeights, extract_head_weights, kv_groups
 
 logger = logging.getLogger(__name__)
@@ -378,9 +379,7 @@ class HookedAutoModel(nn.Module):
 
     # -- interventions ---------------------------------------------------------------------
 
-    def run_with_attention_knockout(
-        self, input_ids: Tensor | Sequence, knockouts: Mapping[int, Sequence[tuple[int | None, int, int]]]
-    ) -> Any:
+    def run_with_attention_knockout(self, input_ids: Tensor | Sequence, knockouts: Knockout) -> Any:
         """Run the model with attention edges blocked (attention knockout, Geva et al. 2023).
 
         ``knockouts`` maps a layer to ``(head, query_pos, key_pos)`` edges; ``head`` None
@@ -391,42 +390,31 @@ class HookedAutoModel(nn.Module):
         """
         self._require_forward()
         input_ids = self.check_input_ids(input_ids)
-        n_pos, handles = input_ids.shape[1], []
+        (plan,) = interventions.check_knockouts(self, [knockouts], input_ids.shape[1])
         layers = module_at(self.hf_model, self.adapter.layers)
-        for layer, edges in knockouts.items():
-            check = f"knockout layer {layer}"
-            if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < self.cfg.n_layers:
-                raise ValueError(f"{check} is out of range: this model has {self.cfg.n_layers} layers")
-            for head, query, key in edges:
-                if head is not None and not 0 <= head < self.cfg.n_heads:
-                    raise ValueError(f"{check}: head {head} is out of range (0-{self.cfg.n_heads - 1})")
-                if not 0 <= key <= query < n_pos:
-                    raise ValueError(f"{check}: edge {query} -> {key} must satisfy 0 <= key <= query < {n_pos}")
-        try:
-            for layer, edges in knockouts.items():
+        with ExitStack() as stack:
+            for layer, edges in plan.items():
                 attn = module_at(layers[layer], self.adapter.attn)
-                handles.append(attn.register_forward_pre_hook(self._knockout_hook(list(edges)), with_kwargs=True))
+                hook = interventions._knockout_hook(self.cfg.n_heads, [edges] * input_ids.shape[0], 0)
+                stack.callback(attn.register_forward_pre_hook(hook, with_kwargs=True).remove)
             with torch.no_grad():
                 return self.hf_model(input_ids=input_ids, use_cache=False)
-        finally:
-            for handle in handles:
-                handle.remove()
 
-    def _knockout_hook(self, edges: list[tuple[int | None, int, int]]) -> Callable:
-        n_heads = self.cfg.n_heads
-
-        def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-            mask = kwargs.get("attention_mask")
-            if mask is None or mask.dim() != 4 or not mask.dtype.is_floating_point:
-                raise RuntimeError(f"attention knockout needs an additive 4-D float mask, got {type(mask).__name__}")
-            # [batch, 1, query_pos, key_pos] -> one mask per head
-            mask = mask.expand(mask.shape[0], n_heads, *mask.shape[2:]).clone()
-            blocked = torch.finfo(mask.dtype).min
-            for head, query, key in edges:
-                mask[:, slice(None) if head is None else head, query, key] = blocked
-            return args, {**kwargs, "attention_mask": mask}
-
-        return hook
+    def knockout_logits(
+        self, input_ids: Tensor | Sequence, knockouts: Sequence[Knockout], position: int = -1, *, progress: bool = True
+    ) -> Tensor:
+        """The logits at ``position`` [len(knockouts), d_vocab] of one prompt under each of
+        many knockouts (each as in ``run_with_attention_knockout``), batched: many
+        knocked-out copies per forward pass, the clean prefix before the first knocked-out
+        query computed once (``arrakis.models.interventions``)."""
+        self._require_forward()
+        input_ids = self.check_input_ids(input_ids)
+        if input_ids.shape[0] != 1:
+            raise ValueError(f"knockout_logits takes one prompt, got a batch of {input_ids.shape[0]}")
+        n_pos = input_ids.shape[1]
+        if isinstance(position, bool) or not isinstance(position, int) or not -n_pos <= position < n_pos:
+            raise ValueError(f"position {position!r} is out of range: the prompt has {n_pos} positions")
+        return interventions.knockout_logits(self, input_ids, knockouts, position % n_pos, progress=progress)
 
     # -- weights ---------------------------------------------------------------------------
 

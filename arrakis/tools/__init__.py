@@ -2,8 +2,17 @@
 registry the bench starts from, keyed by the name ``use_tools`` passes."""
 
 from arrakis.tools.base import BaseInterpretabilityTool
-from arrakis.tools.information_flow import FlowPath, HeadFlow, InformationFlow, LayerFlow
-from arrakis.tools.results import Circuit, CircuitEdge, CompositionScores, HeadRoles, HeadSelection
+from arrakis.tools.results import (
+    Circuit,
+    CircuitEdge,
+    CompositionScores,
+    FlowPath,
+    HeadFlow,
+    HeadRoles,
+    HeadSelection,
+    InformationFlow,
+    LayerFlow,
+)
 from arrakis.tools.write_read import WriteReadAnalyzer
 
 TOOLS: dict[str, type[BaseInterpretabilityTool]] = {WriteReadAnalyzer.name: WriteReadAnalyzer}

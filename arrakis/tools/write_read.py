@@ -17,6 +17,7 @@ True
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -35,7 +36,14 @@ from arrakis.tools.base import (
     check_positive_int,
     check_threshold,
 )
-from arrakis.tools.information_flow import InformationFlow, resolve_layers, resolve_positions, trace
+from arrakis.tools.information_flow import (
+    METHODS,
+    InformationFlow,
+    resolve_layers,
+    resolve_metric,
+    resolve_positions,
+    trace,
+)
 from arrakis.tools.results import Circuit, CircuitEdge, CompositionScores, HeadRoles, HeadSelection
 
 logger = logging.getLogger(__name__)
@@ -215,35 +223,66 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         input_ids: Tensor,
         src_token: int | str | None = None,
         dst_token: int | str | None = None,
-        n_layers: int | None = 2,
+        n_layers: int | None = None,
         *,
         src_pos: int | None = None,
         dst_pos: int | None = None,
         layers: list[int] | None = None,
+        method: str = "attribution",
+        target: int | str | None = None,
+        foil: int | str | None = None,
+        metric: Callable[[Tensor], Tensor] | None = None,
         top_k: int = 5,
         n_paths: int = 5,
         min_edge_flow: float = 0.01,
-        verify: bool = False,
+        verify: bool | str = False,
         batch_index: int | None = None,
     ) -> InformationFlow:
-        """How much of what position src holds reaches position dst, layer by layer, which
-        heads carry it and by which paths (DESIGN.md §8; Ferrando & Voita 2024).
+        """Which heads carry information from position src to position dst, in which layers,
+        along which routes, and how much it matters to what the model predicts at dst
+        (DESIGN.md §8).
 
         dst is the last occurrence of ``dst_token``, src the last occurrence of ``src_token``
         before it (token ids, or strings where the model has a tokenizer); or give
-        ``src_pos``/``dst_pos``. Layers: the first ``n_layers`` (None: all), or ``layers``.
-        One forward pass keeps only the rows between src and dst. The result behaves as
-        the list of flows f_l(dst), one per analysed layer. ``verify=True`` adds attention
-        knockout of the dst -> src edge (per layer, then per top head): the KL divergence
-        of dst's next-token distribution and the change in its top token's probability.
+        ``src_pos``/``dst_pos``. Layers: all by default; the first ``n_layers``, or ``layers``.
+
+        The metric m is dst's prediction: log p(target | dst), target the clean top
+        prediction unless ``target`` names a token; with ``foil``, logit(target) -
+        logit(foil); or ``metric(logits at dst [d_vocab]) -> scalar tensor``.
+
+        ``method="attribution"`` (default): for every head, the estimated drop in m when its
+        dst <- src edge is knocked out (the row renormalised; Geva et al. 2023), to first
+        order from one forward and one backward pass (attribution patching); the result is
+        the list of per-layer sums f_l, with ``head_scores``, ``top_heads`` (positive: the
+        head carries what m needs), ``suppressors`` and routes src -> ... -> dst ranked by
+        their weakest edge. ``method="routes"``: Information Flow Routes (Ferrando & Voita
+        2024), how much of dst's residual stream comes from src, for comparison.
+
+        ``verify=True`` adds exact knockouts (batched) of the top heads' and suppressors'
+        edges, of each layer's edge and of all layers at once, beside their estimates with
+        the rank correlation; ``verify="all"`` knocks out every head's edge one at a time.
         """
         ids, src, dst = resolve_positions(self.model, input_ids, src_token, dst_token, src_pos, dst_pos, batch_index)
         chosen = resolve_layers(n_layers, layers, self.cfg.n_layers)
+        method = check_choice(method, METHODS, "method")
+        chosen_metric = resolve_metric(self.model, target, foil, metric)
         top_k, n_paths = check_positive_int(top_k, "top_k"), check_positive_int(n_paths, "n_paths")
-        if not 0 <= min_edge_flow <= 1:
-            raise ValueError(f"min_edge_flow must be in [0, 1], got {min_edge_flow}")
+        if isinstance(min_edge_flow, bool) or not isinstance(min_edge_flow, int | float) or not 0 <= min_edge_flow <= 1:
+            raise ValueError(f"min_edge_flow must be a number in [0, 1], got {min_edge_flow!r}")
+        if verify not in (True, False, "all"):
+            raise ValueError(f"verify must be True, False or 'all', got {verify!r}")
         return trace(
-            self.model, ids, src, dst, chosen, top_k=top_k, n_paths=n_paths, min_edge_flow=min_edge_flow, verify=verify
+            self.model,
+            ids,
+            src,
+            dst,
+            chosen,
+            chosen_metric,
+            method=method,
+            top_k=top_k,
+            n_paths=n_paths,
+            min_edge_flow=min_edge_flow,
+            verify=verify,
         )
 
     # -- head roles --------------------------------------------------------------------------

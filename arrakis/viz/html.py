@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING, Any
 from arrakis.viz.common import head_name
 
 if TYPE_CHECKING:
-    from arrakis.tools.information_flow import InformationFlow
     from arrakis.tools.results import Circuit, CompositionScores, HeadRoles, HeadSelection
+    from arrakis.tools.results.flow import InformationFlow
 
 CELL = "padding:1px 8px;text-align:right"
 
@@ -133,26 +133,94 @@ def circuit_html(circuit: Circuit, max_rows: int = 20) -> str:
 
 
 def information_flow_html(flow: InformationFlow) -> str:
-    """Flow per layer with its strongest head, the top heads, and the strongest paths."""
+    """Attribution: the metric, the top heads and suppressors with their estimated drops, per
+    layer the estimate f_l (the exact knockout beside it when verified) and its strongest
+    head, the strongest paths. Routes: flow and residual share per layer with the head
+    carrying the most, the top heads, the paths."""
     words = flow.str_tokens if flow.str_tokens else flow.tokens
+    lines = [f"src {flow.src_pos} ({words[flow.src_pos]!r}) -> dst {flow.dst_pos} ({words[flow.dst_pos]!r})"]
+    path_rows = [(i + 1, path.describe()) for i, path in enumerate(flow.paths)]
+    verification = flow.verification
+    if flow.method == "attribution":
+        lines.append(_metric_line(flow.metric))
+
+        def scored(heads: Iterable[tuple[int, int]]) -> str:
+            return ", ".join(f"{head_name(h)} {flow.score(*h):+.3f}" for h in heads) or "none"
+
+        lines += [f"top heads (estimated drop): {scored(flow.top_heads)}", f"suppressors: {scored(flow.suppressors)}"]
+        verified = any(lf.exact is not None for lf in flow.layers)
+        layer_rows = []
+        for lf in flow.layers:
+            best = max(lf.heads, key=lambda h: abs(h.score), default=None)
+            strongest = f"{head_name((lf.layer, best.head))} {best.score:+.3f}" if best and best.score else "-"
+            exact = [f"{lf.exact:+.3f}" if lf.exact is not None else "-"] if verified else []
+            layer_rows.append((lf.layer, f"{lf.flow:+.3f}", *exact, strongest))
+        headers = ("layer", "estimate f_l", *(["exact"] if verified else []), "strongest head (estimate)")
+        if verification:
+            lines.append(_verification_line(verification))
+        return panel(
+            "InformationFlow (attribution)",
+            [*lines, *flow.notes],
+            table(headers, layer_rows),
+            table(("path", "src -> ... -> dst (weakest edge)"), path_rows),
+        )
     layer_rows = []
     for lf in flow.layers:
-        best = max(lf.heads, key=lambda h: h.carried, default=None)
-        carrier = f"{head_name((lf.layer, best.head))} {best.carried:.3f}" if best and best.carried > 0 else "-"
-        layer_rows.append((lf.layer, f"{lf.flow:.3f}", f"{lf.residual_share:.3f}", carrier))
-    path_rows = [(i + 1, path.describe()) for i, path in enumerate(flow.paths)]
-    lines = [
-        f"src {flow.src_pos} ({words[flow.src_pos]!r}) -> dst {flow.dst_pos} ({words[flow.dst_pos]!r})",
-        f"top heads: {', '.join(head_name(h) for h in flow.top_heads) or 'none'}",
-    ]
-    if flow.knockout:
-        every = flow.knockout["all_layers"]
+        best = max(lf.heads, key=lambda h: h.score, default=None)
+        carrier = f"{head_name((lf.layer, best.head))} {best.score:.3f}" if best and best.score > 0 else "-"
+        share = f"{lf.residual_share:.3f}" if lf.residual_share is not None else "-"
+        layer_rows.append((lf.layer, f"{lf.flow:.3f}", share, carrier))
+    lines.append(f"top heads: {', '.join(head_name(h) for h in flow.top_heads) or 'none'}")
+    if verification:
+        every = verification["all_layers"]
         lines.append(
-            f"knocking out dst -> src in every layer: KL {every['kl']:.4f}, p(top) {every['delta_p_top']:+.4f}"
+            f"knocking out dst <- src in every layer: drop in {_formula(flow.metric)} {every['exact']:+.4f}, "
+            f"KL {every['kl']:.4f}"
         )
     return panel(
-        "InformationFlow",
-        lines,
+        "InformationFlow (routes)",
+        [*lines, *flow.notes],
         table(("layer", "flow", "residual share", "strongest head (carried)"), layer_rows),
         table(("path", "src -> ... -> dst (score)"), path_rows),
     )
+
+
+def _formula(metric: dict[str, Any] | None) -> str:
+    return str((metric or {}).get("formula") or "the metric")
+
+
+def _metric_line(metric: dict[str, Any] | None) -> str:
+    """ "metric: log p(target | dst), target 44 (' Paris'), clean -4.330"."""
+    if not metric:
+        return "metric: -"
+
+    def token(key: str) -> str:
+        text = metric.get(f"{key}_str")
+        return f"{metric[key]} ({text!r})" if text is not None else str(metric[key])
+
+    parts = [f"metric: {_formula(metric)}"]
+    for key in ("target", "foil"):
+        if metric.get(key) is not None:
+            parts.append(f"{key} {token(key)}")
+    if metric.get("clean") is not None:
+        parts.append(f"clean {metric['clean']:.3f}")
+    return ", ".join(parts)
+
+
+def _verification_line(verification: dict[str, Any]) -> str:
+    """The rank correlations of estimates and exact knockouts, and all layers at once."""
+
+    def number(value: float | None) -> str:
+        return f"{value:.2f}" if value is not None else "-"
+
+    every = verification["all_layers"]
+    estimate = f"{every['estimate']:+.3f}" if every.get("estimate") is not None else "-"
+    text = (
+        f"verified by exact knockouts: Spearman heads {number(verification.get('spearman_heads'))}, "
+        f"layers {number(verification.get('spearman_layers'))}; all layers at once: estimate {estimate}, "
+        f"exact {every['exact']:+.3f} (KL {every['kl']:.4f})"
+    )
+    if verification.get("top_overlap"):
+        k, overlap = verification["top_overlap"]["k"], verification["top_overlap"]["overlap"]
+        text += f"; of the top {k} heads by estimate, {overlap} are in the top {k} by exact drop"
+    return text

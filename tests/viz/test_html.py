@@ -52,14 +52,48 @@ def test_composition_roles_and_circuits_summarise():
     assert "readers induction &gt;= 0.3" in html
 
 
-def test_a_flow_shows_flows_top_heads_and_paths_escaped():
+def test_an_attribution_flow_shows_the_metric_heads_layers_and_paths_escaped():
     tool = WriteReadAnalyzer(shared("llama"))
-    flow = tool.trace_information_flow(torch.tensor([[5, 7, 9, 7, 5, 9, 7, 11]]), src_pos=1, dst_pos=6)
+    ids = torch.tensor([[5, 7, 9, 7, 5, 9, 7, 11]])
+    flow = tool.trace_information_flow(ids, src_pos=1, dst_pos=6, verify=True)
+    flow.str_tokens = ["<s>", " a", " b", "&", " c", " d", "</s>", " e"]
+    flow.metric = {**flow.metric, "target_str": "<&>"}
+    html = flow._repr_html_()
+    assert "InformationFlow (attribution)" in html
+    assert "src 1 (&#x27; a&#x27;) -&gt; dst 6 (&#x27;&lt;/s&gt;&#x27;)" in html and "</s>" not in html
+    metric = flow.metric
+    assert f"metric: log p(target | dst), target {metric['target']} (&#x27;&lt;&amp;&gt;&#x27;)" in html
+    assert f"clean {metric['clean']:.3f}" in html and "<&>" not in html
+    for layer, head in flow.top_heads:
+        assert f"L{layer}H{head} {flow.score(layer, head):+.3f}" in html
+    for layer, head in flow.suppressors:
+        assert f"L{layer}H{head} {flow.score(layer, head):+.3f}" in html
+    assert html.count("<tr>") == (1 + len(flow.layers)) + (1 + len(flow.paths))  # never the whole tensor
+    for lf in flow.layers:  # layer, estimate, exact, strongest head with its signed estimate
+        best = max(lf.heads, key=lambda h: abs(h.score))
+        cells = [lf.layer, f"{lf.flow:+.3f}", f"{lf.exact:+.3f}", f"L{lf.layer}H{best.head} {best.score:+.3f}"]
+        assert "".join(f'<td style="padding:1px 8px;text-align:right">{c}</td>' for c in cells) in html
+    assert ">exact</th>" in html
+    every = flow.verification["all_layers"]
+    assert f"all layers at once: estimate {every['estimate']:+.3f}, exact {every['exact']:+.3f}" in html
+    assert f"Spearman heads {flow.verification['spearman_heads']:.2f}" in html
+    assert flow.paths and flow.paths[0].describe().replace(">", "&gt;") in html
+    # unverified: no exact column, no verification line
+    plain = tool.trace_information_flow(ids, src_pos=1, dst_pos=6)._repr_html_()
+    assert ">exact</th>" not in plain and "Spearman" not in plain and "estimate f_l" in plain
+
+
+def test_a_routes_flow_shows_flows_residual_shares_top_heads_and_paths():
+    tool = WriteReadAnalyzer(shared("llama"))
+    flow = tool.trace_information_flow(torch.tensor([[5, 7, 9, 7, 5, 9, 7, 11]]), src_pos=1, dst_pos=6, method="routes")
     flow.str_tokens = ["<s>", " a", " b", "&", " c", " d", "</s>", " e"]
     html = flow._repr_html_()
+    assert "InformationFlow (routes)" in html
     assert "src 1 (&#x27; a&#x27;) -&gt; dst 6 (&#x27;&lt;/s&gt;&#x27;)" in html and "</s>" not in html
     for lf in flow.layers:
-        assert f"{lf.flow:.3f}" in html
+        best = max(lf.heads, key=lambda h: h.score)
+        assert f"{lf.flow:.3f}" in html and f"{lf.residual_share:.3f}" in html
+        assert f"L{lf.layer}H{best.head} {best.score:.3f}" in html
     for layer, head in flow.top_heads:
         assert f"L{layer}H{head}" in html
     assert flow.paths and flow.paths[0].describe().replace(">", "&gt;") in html

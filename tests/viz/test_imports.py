@@ -34,3 +34,10 @@ def test_models_do_not_import_the_plots():
     for path in (ROOT / "arrakis" / "models").rglob("*.py"):
         top_level = [line for line in path.read_text().splitlines() if line.startswith(("import ", "from "))]
         assert not any("arrakis.viz" in line or "matplotlib" in line for line in top_level), path
+
+
+def test_the_plots_do_not_import_the_tools():
+    """viz draws results; the results' types are imported for type checking only (DESIGN.md §10)."""
+    for path in (ROOT / "arrakis" / "viz").rglob("*.py"):
+        top_level = [line for line in path.read_text().splitlines() if line.startswith(("import ", "from "))]
+        assert not any("arrakis.tools" in line for line in top_level), path

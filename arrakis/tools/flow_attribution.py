@@ -1,0 +1,107 @@
+"""``trace_information_flow(method="attribution")``: which heads carry information from src
+to dst that dst's prediction needs, estimated for every attention edge from one forward and
+one backward pass (the mathematics: ``arrakis.circuits.attribution``; DESIGN.md §8).
+
+The gradient pass runs on the prompt up to dst (later positions cannot change dst's logits)
+and keeps, per layer, only the edge estimates between src and dst: [head, rows, rows] with
+rows = dst - src + 1, never a T^2 x H x D tensor.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from arrakis.circuits.attribution import edge_attributions, strongest_routes
+from arrakis.models import HookedAutoModel
+from arrakis.models.interventions import pattern_gradients
+from arrakis.tools.flow_question import FlowMetric
+from arrakis.tools.results.flow import FlowPath, HeadFlow, Hop, InformationFlow, LayerFlow
+
+logger = logging.getLogger(__name__)
+MAX_EDGES = 400  # edges kept for the graph and the plot, strongest first
+NOTES = [
+    "head scores are first-order (attribution) estimates of the drop in the metric when the head's "
+    "dst <- src edge is knocked out (the row renormalised); verify=True computes them exactly",
+]
+
+
+def trace_attribution(
+    model: HookedAutoModel,
+    ids: Tensor,
+    src: int,
+    dst: int,
+    layers: list[int],
+    metric: FlowMetric,
+    *,
+    top_k: int,
+    n_paths: int,
+    min_edge_flow: float,
+) -> InformationFlow:
+    """Edge attribution of every head's edges between src and dst in ``layers`` of ``ids`` [1, pos]."""
+
+    def reduce(layer: int, pattern: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
+        # rows src..dst with every key (the renormalisation needs the whole row), then keys src..dst
+        edges = edge_attributions(pattern[:, src : dst + 1], grad[:, src : dst + 1])[:, :, src:]
+        return edges, pattern[:, dst, src].clone()  # [head, rows, rows], A[h, dst, src]
+
+    _, value, results = pattern_gradients(model, ids, metric.of_clean, layers, dst, reduce)
+    layer_flows = []
+    for layer in layers:
+        edges, attention = results[layer]
+        scores = edges[:, -1, 0]  # dst's row, src's column
+        heads = [HeadFlow(head=h, attention=float(attention[h]), score=float(scores[h])) for h in range(len(scores))]
+        layer_flows.append(LayerFlow(layer=layer, flow=float(scores.sum()), heads=heads))
+    ranked = sorted(
+        ((lf.layer, h.head, h.score) for lf in layer_flows for h in lf.heads), key=lambda item: (-item[2], item[:2])
+    )
+    top_heads = [(layer, head) for layer, head, score in ranked[:top_k] if score > 0]
+    edge_tensors = [results[layer][0] for layer in layers]
+    routes = strongest_routes(edge_tensors, n_paths)
+    paths = [
+        FlowPath(strength, [Hop(layers[index], head, src + j, src + i) for index, head, j, i in hops])
+        for strength, hops in routes
+    ]
+    return InformationFlow(
+        layer_flows,
+        src_pos=src,
+        dst_pos=dst,
+        tokens=ids[0].tolist(),
+        top_heads=top_heads,
+        paths=paths,
+        edges=strongest_edges(edge_tensors, layers, src, min_edge_flow),
+        method="attribution",
+        str_tokens=model.to_str_tokens(ids) if model.tokenizer is not None else None,
+        metric=metric.describe(model, value),
+        notes=NOTES,
+    )
+
+
+def strongest_edges(edges: list[Tensor], layers: list[int], src: int, min_share: float) -> list[dict[str, Any]]:
+    """Edges i <- j (src <= j < i <= dst) whose |estimate| is at least ``min_share`` of the
+    strongest one's, at most MAX_EDGES of them, strongest first."""
+    below = torch.ones(edges[0].shape[-1], edges[0].shape[-1], dtype=torch.bool).tril(-1)
+    strongest = max(float(e.abs().amax()) for e in edges)
+    if strongest == 0:
+        return []
+    found: list[tuple[float, int, int, int, int]] = []
+    for index, layer_edges in enumerate(edges):
+        size = layer_edges.abs() * below
+        keep = (size >= max(min_share * strongest, torch.finfo(torch.float32).tiny)).nonzero().tolist()
+        found += [(float(layer_edges[h, i, j]), index, h, i, j) for h, i, j in keep]
+        if len(found) > 4 * MAX_EDGES:
+            found = sorted(found, key=lambda e: -abs(e[0]))[:MAX_EDGES]
+    found = sorted(found, key=lambda e: -abs(e[0]))[:MAX_EDGES]
+    return [
+        {
+            "source": (layers[index], src + j),
+            "target": (layers[index] + 1, src + i),
+            "layer": layers[index],
+            "head": h,
+            "score": score,
+        }
+        for score, index, h, i, j in found
+    ]

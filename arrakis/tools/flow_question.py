@@ -1,0 +1,181 @@
+"""What a flow trace asks: which sequence, which src and dst positions, which layers, and
+which metric of dst's prediction (DESIGN.md §8). Everything here checks input and fails
+before any forward pass."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from arrakis.models import HookedAutoModel
+from arrakis.tools.base import check_index
+
+
+def token_id(model: HookedAutoModel, token: Any, what: str) -> int:
+    """A token id from an id (int or one-element tensor) or a string that is one token."""
+    if isinstance(token, str):
+        ids = model._require_tokenizer().encode(token, add_special_tokens=False)
+        if len(ids) != 1:
+            raise ValueError(f"{what} {token!r} is {len(ids)} tokens ({ids}); pass a string that is one token")
+        return ids[0]
+    if isinstance(token, Tensor):
+        if token.numel() != 1:
+            raise ValueError(f"{what} must be one token, got a tensor of shape {tuple(token.shape)}")
+        token = int(token)
+    return check_index(token, model.cfg.d_vocab, what, "tokens in its vocabulary")
+
+
+def resolve_positions(
+    model: HookedAutoModel,
+    input_ids: Any,
+    src_token: Any,
+    dst_token: Any,
+    src_pos: int | None,
+    dst_pos: int | None,
+    batch_index: int | None,
+) -> tuple[Tensor, int, int]:
+    """The one sequence to analyse ([1, pos]) and the src and dst positions in it."""
+    ids = model.check_input_ids(input_ids)
+    if batch_index is None:
+        if ids.shape[0] != 1:
+            raise ValueError(f"input_ids holds a batch of {ids.shape[0]} sequences; pass batch_index= to pick one")
+        batch_index = 0
+    batch_index = check_index(batch_index, ids.shape[0], "batch_index", "sequences in the batch")
+    ids = ids[batch_index : batch_index + 1]
+    row, n_pos = ids[0].tolist(), ids.shape[1]
+    if dst_pos is None:
+        if dst_token is None:
+            raise ValueError("give dst_token (a token id or string) or dst_pos")
+        token = token_id(model, dst_token, "dst_token")
+        if token not in row:
+            raise ValueError(f"dst_token {dst_token!r} (id {token}) does not occur in the prompt")
+        dst_pos = n_pos - 1 - row[::-1].index(token)  # its last occurrence
+    dst_pos = check_index(dst_pos, n_pos, "dst_pos", "positions in the prompt")
+    if src_pos is None:
+        if src_token is None:
+            raise ValueError("give src_token (a token id or string) or src_pos")
+        token = token_id(model, src_token, "src_token")
+        before = row[:dst_pos]
+        if token not in before:
+            raise ValueError(
+                f"src_token {src_token!r} (id {token}) does not occur before dst (position {dst_pos}); "
+                "src must come before dst"
+            )
+        src_pos = dst_pos - 1 - before[::-1].index(token)  # its last occurrence before dst
+    src_pos = check_index(src_pos, n_pos, "src_pos", "positions in the prompt")
+    if src_pos >= dst_pos:
+        raise ValueError(f"src_pos {src_pos} must come before dst_pos {dst_pos}: information flows forward")
+    return ids, src_pos, dst_pos
+
+
+def induction_question(model: HookedAutoModel, n: int = 20, k: int = 10, seed: int = 0) -> tuple[Tensor, int, int]:
+    """A standard induction question: (BOS,) n random tokens, then the same n again. dst is
+    the second occurrence of token k, src the token after its first occurrence: an
+    induction head at dst attends to src and copies it, so the model predicts src's token.
+    Returns (ids [1, pos], src, dst)."""
+    generator = torch.Generator().manual_seed(seed)
+    half = torch.randint(min(100, model.cfg.d_vocab // 2), model.cfg.d_vocab, (1, n), generator=generator)
+    bos = getattr(model.tokenizer, "bos_token_id", None)
+    ids = torch.cat([torch.tensor([[bos]]) if bos is not None else half[:, :0], half, half], dim=1)
+    offset = ids.shape[1] - 2 * n
+    return ids, offset + k + 1, offset + n + k
+
+
+def resolve_layers(n_layers: int | None, layers: Any, total: int) -> list[int]:
+    """``layers`` if given (sorted, unique), else the first ``n_layers`` (None: all)."""
+    if layers is not None:
+        chosen = sorted({check_index(layer, total, "layer", "layers") for layer in layers})
+        if not chosen:
+            raise ValueError("layers is empty; pass at least one layer")
+        return chosen
+    if n_layers is None:
+        return list(range(total))
+    if isinstance(n_layers, bool) or not isinstance(n_layers, int) or not 1 <= n_layers <= total:
+        raise ValueError(f"n_layers must be between 1 and {total} (this model's layers) or None, got {n_layers!r}")
+    return list(range(n_layers))
+
+
+@dataclass
+class FlowMetric:
+    """What dst's prediction is measured by: ``log p(target)`` (target: the clean top
+    prediction unless named), ``logit[target] - logit[foil]`` with a foil, or a callable of
+    the logits [d_vocab] that returns a scalar tensor."""
+
+    target: int | None = None
+    foil: int | None = None
+    fn: Callable[[Tensor], Tensor] | None = None
+    names: tuple[str | None, str | None] = (None, None)
+
+    @property
+    def kind(self) -> str:
+        return "custom" if self.fn is not None else "logit_diff" if self.foil is not None else "log_prob"
+
+    def bind(self, clean_logits: Tensor) -> None:
+        """Fix the target as the clean top prediction when none was named."""
+        if self.fn is None and self.target is None:
+            self.target = int(clean_logits.argmax())
+            if self.target == self.foil:
+                raise ValueError(
+                    f"foil {self.names[1]!r} (id {self.foil}) is the clean top prediction, the default target; "
+                    "name a target= or a different foil"
+                )
+
+    def __call__(self, logits: Tensor) -> Tensor:
+        """The metric of one row of logits [d_vocab] (a scalar tensor, differentiable)."""
+        if self.fn is not None:
+            return self.fn(logits)
+        if self.target is None:
+            raise RuntimeError("the metric's target is not bound yet")
+        if self.foil is not None:
+            return logits[self.target].float() - logits[self.foil].float()
+        return logits.float().log_softmax(-1)[self.target]
+
+    def of_clean(self, logits: Tensor) -> Tensor:
+        """Bind on the clean logits, then measure them (the gradient pass calls this)."""
+        self.bind(logits.detach())
+        return self(logits)
+
+    def rows(self, logits: Tensor) -> Tensor:
+        """The metric of each row of [n, d_vocab] logits: [n] floats."""
+        from torch import stack
+
+        return stack([self(row).detach().float().reshape(()) for row in logits])
+
+    def describe(self, model: HookedAutoModel, value: float) -> dict[str, Any]:
+        def text(token: int | None) -> str | None:
+            if token is None or model.tokenizer is None:
+                return None
+            return model.tokenizer.decode([token])
+
+        formula = {
+            "log_prob": "log p(target | dst)",
+            "logit_diff": "logit(target) - logit(foil) at dst",
+            "custom": "metric(logits at dst)",
+        }[self.kind]
+        return {
+            "kind": self.kind,
+            "formula": formula,
+            "target": self.target,
+            "target_str": text(self.target),
+            "foil": self.foil,
+            "foil_str": text(self.foil),
+            "clean": value,
+        }
+
+
+def resolve_metric(model: HookedAutoModel, target: Any, foil: Any, metric: Any) -> FlowMetric:
+    if metric is not None:
+        if target is not None or foil is not None:
+            raise ValueError("give metric= or target=/foil=, not both (a custom metric names its own tokens)")
+        if not callable(metric):
+            raise TypeError(f"metric must be a callable of the logits [d_vocab], got {type(metric).__name__}")
+        return FlowMetric(fn=metric)
+    target_id = None if target is None else token_id(model, target, "target")
+    foil_id = None if foil is None else token_id(model, foil, "foil")
+    if foil_id is not None and foil_id == target_id:
+        raise ValueError(f"foil {foil!r} is the same token as target {target!r} (id {foil_id}); pick another foil")
+    return FlowMetric(target=target_id, foil=foil_id, names=(target, foil))

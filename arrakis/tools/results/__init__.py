@@ -1,0 +1,20 @@
+"""Results of the tools: small typed objects that also behave as what the original returned
+(``heads``: selections, composition scores, head roles, circuits; ``flow``: an information-
+flow trace). Each has ``to_dict()``/``from_dict()``, ``plot()`` and ``_repr_html_``."""
+
+from arrakis.tools.results.flow import FlowPath, HeadFlow, Hop, InformationFlow, LayerFlow
+from arrakis.tools.results.heads import Circuit, CircuitEdge, CompositionScores, Head, HeadRoles, HeadSelection
+
+__all__ = [
+    "Circuit",
+    "CircuitEdge",
+    "CompositionScores",
+    "FlowPath",
+    "Head",
+    "HeadFlow",
+    "HeadRoles",
+    "HeadSelection",
+    "Hop",
+    "InformationFlow",
+    "LayerFlow",
+]
