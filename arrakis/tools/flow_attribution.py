@@ -10,6 +10,7 @@ rows = dst - src + 1, never a T^2 x H x D tensor.
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import torch
@@ -23,6 +24,7 @@ from arrakis.tools.results.flow import FlowPath, HeadFlow, Hop, InformationFlow,
 
 logger = logging.getLogger(__name__)
 MAX_EDGES = 400  # edges kept for the graph and the plot, strongest first
+SATURATED = math.log(0.9)  # log p above this: the first order understates large drops (measured on SmolLM2)
 NOTES = [
     "head scores are first-order (attribution) estimates of the drop in the metric when the head's "
     "dst <- src edge is knocked out (the row renormalised); verify=True computes them exactly",
@@ -65,6 +67,12 @@ def trace_attribution(
         FlowPath(strength, [Hop(layers[index], head, src + j, src + i) for index, head, j, i in hops])
         for strength, hops in routes
     ]
+    notes = list(NOTES)
+    if metric.kind == "log_prob" and value > SATURATED:
+        notes.append(
+            f"the prediction is saturated (p = {math.exp(value):.2f}): log p is flat near 1, so first-order "
+            "estimates understate large drops; verify=True gives the exact ones, or measure a logit difference (foil=)"
+        )
     return InformationFlow(
         layer_flows,
         src_pos=src,
@@ -76,7 +84,7 @@ def trace_attribution(
         method="attribution",
         str_tokens=model.to_str_tokens(ids) if model.tokenizer is not None else None,
         metric=metric.describe(model, value),
-        notes=NOTES,
+        notes=notes,
     )
 
 

@@ -6,6 +6,7 @@ a head built to copy src to dst carries the flow; bad questions get clear errors
 from __future__ import annotations
 
 import json
+import math
 
 import networkx as nx
 import pytest
@@ -301,6 +302,36 @@ def test_bad_questions_get_clear_errors_and_leave_the_model_as_it_was(kwargs, er
         p.grad is not None for p in model.hf_model.parameters()
     )
     assert torch.equal(model(ids)[0].logits, before)
+
+
+@pytest.mark.parametrize(
+    ("knockouts", "position", "message"),
+    [
+        ([{2: [(0, 5, 1)]}], 5, r"knockout layer 2 is out of range: this model has 2 layers \(0-1\)"),
+        ([{0: [(4, 5, 1)]}], 5, r"head 4 is out of range \(an int 0-3, or None\)"),
+        ([{0: [(0, 5, 6)]}], 5, "edge 5 -> 6 must satisfy 0 <= key <= query < 8"),
+        ([{0: [(0, 7, 1)]}], 5, "query is after position 5"),
+        ([{0: [(0, 5)]}], 5, r"an edge is \(head, query_pos, key_pos\)"),
+        ([[(0, 5, 1)]], 5, "a knockout maps layer"),
+        ([{}], 8, r"position 8 is out of range: the prompt has 8 positions"),
+    ],
+)
+def test_bad_knockouts_get_clear_errors_and_leave_no_hook(knockouts, position, message):
+    model = shared("llama")
+    with pytest.raises((ValueError, TypeError), match=message):
+        model.knockout_logits(torch.tensor([[5, 7, 9, 7, 5, 9, 7, 11]]), knockouts, position)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.hf_model.modules())
+
+
+def test_a_saturated_prediction_is_flagged():
+    tool = WriteReadAnalyzer(copying_model())  # a peaked next-token distribution
+    ids = torch.arange(20).unsqueeze(0) % 64
+    flagged = []
+    for dst in (7, 10):  # measured: p(top) 1.00 at position 7, 0.57 at 10
+        flow = tool.trace_information_flow(ids, src_pos=dst - 1, dst_pos=dst)
+        assert (math.exp(flow.metric["clean"]) > 0.9) == any("saturated" in note for note in flow.notes)
+        flagged.append(any("saturated" in note for note in flow.notes))
+    assert flagged == [True, False]
 
 
 def test_a_foil_that_is_the_default_target_is_refused():
