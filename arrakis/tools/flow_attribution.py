@@ -19,7 +19,7 @@ from torch import Tensor
 from arrakis.circuits.attribution import edge_attributions, strongest_routes
 from arrakis.models import HookedAutoModel
 from arrakis.models.interventions import pattern_gradients
-from arrakis.tools.flow_question import FlowMetric
+from arrakis.tools.flow_question import FlowMetric, build_flow
 from arrakis.tools.results.flow import FlowPath, HeadFlow, Hop, InformationFlow, LayerFlow
 
 logger = logging.getLogger(__name__)
@@ -57,10 +57,6 @@ def trace_attribution(
         scores = edges[:, -1, 0]  # dst's row, src's column
         heads = [HeadFlow(head=h, attention=float(attention[h]), score=float(scores[h])) for h in range(len(scores))]
         layer_flows.append(LayerFlow(layer=layer, flow=float(scores.sum()), heads=heads))
-    ranked = sorted(
-        ((lf.layer, h.head, h.score) for lf in layer_flows for h in lf.heads), key=lambda item: (-item[2], item[:2])
-    )
-    top_heads = [(layer, head) for layer, head, score in ranked[:top_k] if score > 0]
     edge_tensors = [results[layer][0] for layer in layers]
     routes = strongest_routes(edge_tensors, n_paths)
     paths = [
@@ -73,17 +69,19 @@ def trace_attribution(
             f"the prediction is saturated (p = {math.exp(value):.2f}): log p is flat near 1, so first-order "
             "estimates understate large drops; verify=True gives the exact ones, or measure a logit difference (foil=)"
         )
-    return InformationFlow(
+    edges = strongest_edges(edge_tensors, layers, src, min_edge_flow)
+    return build_flow(
+        model,
+        ids,
         layer_flows,
-        src_pos=src,
-        dst_pos=dst,
-        tokens=ids[0].tolist(),
-        top_heads=top_heads,
+        src=src,
+        dst=dst,
+        top_k=top_k,
         paths=paths,
-        edges=strongest_edges(edge_tensors, layers, src, min_edge_flow),
+        edges=edges,
         method="attribution",
-        str_tokens=model.to_str_tokens(ids) if model.tokenizer is not None else None,
-        metric=metric.describe(model, value),
+        metric=metric,
+        value=value,
         notes=notes,
     )
 

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from arrakis.models import HookedAutoModel
 from arrakis.tools.base import check_index
+from arrakis.tools.results.flow import FlowPath, InformationFlow, LayerFlow
 
 
 def token_id(model: HookedAutoModel, token: Any, what: str) -> int:
@@ -179,3 +180,37 @@ def resolve_metric(model: HookedAutoModel, target: Any, foil: Any, metric: Any) 
     if foil_id is not None and foil_id == target_id:
         raise ValueError(f"foil {foil!r} is the same token as target {target!r} (id {foil_id}); pick another foil")
     return FlowMetric(target=target_id, foil=foil_id, names=(target, foil))
+
+
+def build_flow(
+    model: HookedAutoModel,
+    ids: Tensor,
+    layer_flows: list[LayerFlow],
+    *,
+    src: int,
+    dst: int,
+    top_k: int,
+    paths: list[FlowPath],
+    edges: list[dict[str, Any]],
+    method: str,
+    metric: FlowMetric,
+    value: float,
+    notes: list[str],
+) -> InformationFlow:
+    """The result of a trace: ``top_heads`` are the ``top_k`` heads of highest positive score."""
+    ranked = sorted(
+        ((lf.layer, h.head, h.score) for lf in layer_flows for h in lf.heads), key=lambda item: (-item[2], item[:2])
+    )
+    return InformationFlow(
+        layer_flows,
+        src_pos=src,
+        dst_pos=dst,
+        tokens=ids[0].tolist(),
+        top_heads=[(layer, head) for layer, head, score in ranked[:top_k] if score > 0],
+        paths=paths,
+        edges=edges,
+        method=method,
+        str_tokens=model.to_str_tokens(ids) if model.tokenizer is not None else None,
+        metric=metric.describe(model, value),
+        notes=notes,
+    )

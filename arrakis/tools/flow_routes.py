@@ -17,7 +17,7 @@ from torch import Tensor
 
 from arrakis.circuits.flow import RESIDUAL, chunked_importances
 from arrakis.models import HookedAutoModel
-from arrakis.tools.flow_question import FlowMetric
+from arrakis.tools.flow_question import FlowMetric, build_flow
 from arrakis.tools.results.flow import FlowPath, HeadFlow, Hop, InformationFlow, LayerFlow
 
 ROUTE_HOOKS = ("hook_resid_pre", "hook_attn_out", "attn.hook_pattern", "attn.hook_v")
@@ -84,24 +84,21 @@ def trace_routes(
                 )
         f_prev, beam = f_new, new_beam
         pointers.append(layer_pointers)
-    heads = sorted(
-        ((lf.layer, h.head, h.score) for lf in layer_flows for h in lf.heads), key=lambda item: (-item[2], item[:2])
-    )
-    top_heads = [(layer, head) for layer, head, carried in heads[:top_k] if carried > 0]
     paths = _backtrack(beam, pointers, layers, src)
-    str_tokens = model.to_str_tokens(ids) if model.tokenizer is not None else None
     metric.bind(output.logits[0, dst])
-    return InformationFlow(
+    value = float(metric(output.logits[0, dst]))
+    return build_flow(
+        model,
+        ids,
         layer_flows,
-        src_pos=src,
-        dst_pos=dst,
-        tokens=ids[0].tolist(),
-        top_heads=top_heads,
+        src=src,
+        dst=dst,
+        top_k=top_k,
         paths=paths,
         edges=edges,
         method="routes",
-        str_tokens=str_tokens,
-        metric=metric.describe(model, float(metric(output.logits[0, dst]))),
+        metric=metric,
+        value=value,
         notes=NOTES,
     )
 

@@ -16,26 +16,10 @@ from arrakis.circuits.flow import RESIDUAL
 from arrakis.tools import InformationFlow, WriteReadAnalyzer
 from arrakis.viz.flow import HEAD_COLOR, SUPPRESSING_COLOR
 from tests.conftest import shared
-from tests.tools.test_write_read import planted_previous_token_model
+from tests.tools.test_information_flow import copying_model
 from tests.viz.conftest import rendered
 
 IDS = torch.randint(0, 512, (1, 12), generator=torch.Generator().manual_seed(3))
-
-
-def copying_model():
-    """The planted previous-token model (L0H0 attends i -> i - 1), with a large OV for
-    head 0 and no OV for the other heads: only head 0 can move anything."""
-    model = planted_previous_token_model()
-    d_model = model.cfg.d_model
-    g = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        attn = model.hf_model.transformer.h[0].attn
-        attn.c_attn.weight[:, 2 * d_model :] = 0.0  # every head's W_V ...
-        attn.c_attn.weight[:, 2 * d_model : 2 * d_model + 16] = 3.0 * torch.randn(d_model, 16, generator=g)
-        attn.c_attn.bias.zero_()
-        attn.c_proj.weight[:16] = 3.0 * torch.randn(16, d_model, generator=g)  # ... and head 0's W_O
-        model.hf_model.lm_head.weight.mul_(100.0)  # a peaked next-token distribution, so changes show
-    return model
 
 
 def copying_flow(method: str = "attribution") -> InformationFlow:
