@@ -29,6 +29,7 @@ from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 from arrakis.models import interventions, loading
 from arrakis.models.adapters import adapter_for, qkv_index
 from arrakis.models.adapters.base import module_at
+from arrakis.models.batching import PADDING_SIDES, Tokens, check_attention_mask, pad, position_ids
 from arrakis.models.cache import ActivationCache
 from arrakis.models.config import HookedAutoConfig, ModelShape, model_shape
 from arrakis.models.hook_points import NamesFilter, hook_names, select
@@ -161,20 +162,38 @@ class HookedAutoModel(nn.Module):
             raise ValueError("this model has no tokenizer: pass token ids (load a model with one to use strings)")
         return self.tokenizer
 
-    def to_tokens(self, text: str | list[str], *, prepend_bos: bool = False) -> Tensor:
-        """Token ids [batch, pos] of a string (or a list of strings of equal token length)."""
+    def to_tokens(
+        self, text: str | Sequence[str], *, prepend_bos: bool = False, padding_side: str = "right"
+    ) -> Tensor | Tokens:
+        """Token ids of a string, [1, pos]; of a list of strings, ``Tokens(input_ids,
+        attention_mask)`` (a pair, both [batch, pos]), padded on ``padding_side`` ("right" or
+        "left") with the tokenizer's pad token (else its EOS, else 0)."""
         tokenizer = self._require_tokenizer()
+        if padding_side not in PADDING_SIDES:
+            raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
         texts = [text] if isinstance(text, str) else list(text)
+        if not texts or not all(isinstance(t, str) for t in texts):
+            raise TypeError("to_tokens takes a string or a non-empty list of strings")
         rows = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
         if prepend_bos:
             if tokenizer.bos_token_id is None:
                 raise ValueError("prepend_bos=True, but this tokenizer has no BOS token")
             rows = [[tokenizer.bos_token_id, *r] for r in rows]
-        if len({len(r) for r in rows}) != 1:
-            raise ValueError(
-                f"the strings have different token lengths {[len(r) for r in rows]}; pass them one at a time"
-            )
-        return torch.tensor(rows, dtype=torch.long, device=self.device)
+        if any(not r for r in rows):
+            raise ValueError(f"prompt {texts[[len(r) for r in rows].index(0)]!r} has no tokens")
+        if isinstance(text, str):
+            return torch.tensor(rows, dtype=torch.long, device=self.device)
+        return pad(rows, self.pad_token_id, padding_side, self.device)
+
+    @property
+    def pad_token_id(self) -> int:
+        """The id padding uses: the tokenizer's pad token, else its EOS, else 0. Its value never
+        matters: padded positions are masked out."""
+        for name in ("pad_token_id", "eos_token_id"):
+            token = getattr(self.tokenizer, name, None)
+            if isinstance(token, int):
+                return token
+        return 0
 
     def to_str_tokens(self, tokens: Tensor | Sequence[int] | str) -> list[str]:
         """Each token as its string: ``model.to_str_tokens(model.to_tokens("Hi there"))``."""
@@ -207,9 +226,9 @@ class HookedAutoModel(nn.Module):
 
     # -- running ---------------------------------------------------------------------------
 
-    def forward(self, input_ids: Tensor) -> tuple[Any, ActivationCache]:
+    def forward(self, input_ids: Tensor, attention_mask: Tensor | None = None) -> tuple[Any, ActivationCache]:
         """Run the model and cache every activation: ``output, cache = model(input_ids)``."""
-        return self.run_with_cache(input_ids)
+        return self.run_with_cache(input_ids, attention_mask=attention_mask)
 
     def run_with_cache(
         self,
@@ -218,11 +237,16 @@ class HookedAutoModel(nn.Module):
         *,
         transform: Callable[[str, Tensor], Tensor] | None = None,
         device: str | torch.device | None = None,
+        attention_mask: Tensor | None = None,
     ) -> tuple[Any, ActivationCache]:
         """Run the model, keeping the activations named by ``names``.
 
         Args:
             input_ids: token ids, [batch, pos] or [pos] (taken as a batch of one).
+            attention_mask: [batch, pos], 1 on real tokens and 0 on padding (left or right);
+                position ids follow it, so each prompt's activations at its real positions
+                are those of the prompt run alone. Activations at padded positions are kept
+                but mean nothing.
             names: None for every hook, an iterable of hook names, or a predicate on names.
             transform: applied to each kept activation as it is captured, ``transform(name,
                 tensor)``, e.g. to keep only some positions of a long prompt.
@@ -237,11 +261,11 @@ class HookedAutoModel(nn.Module):
                 return (inner(name, tensor) if inner else tensor).to(move)
 
         self._require_forward()
-        input_ids = self.check_input_ids(input_ids)
+        inputs = self.forward_inputs(input_ids, attention_mask)
         wanted = set(select(names, self._hook_names, self.cfg))
         store: dict[str, Tensor] = {}
-        with self._hooks(wanted, store, batch=input_ids.shape[0], transform=transform), torch.no_grad():
-            output = self.hf_model(input_ids=input_ids, use_cache=False)
+        with self._hooks(wanted, store, batch=inputs["input_ids"].shape[0], transform=transform), torch.no_grad():
+            output = self.hf_model(**inputs, use_cache=False)
         if "logits" in wanted:
             store["logits"] = transform("logits", output.logits) if transform else output.logits
         missing = wanted - set(store)
@@ -249,6 +273,15 @@ class HookedAutoModel(nn.Module):
             raise RuntimeError(f"hooks did not fire for {sorted(missing)} ({self.cfg.family} adapter)")
         ordered = {n: store[n] for n in self._hook_names if n in wanted}
         return output, ActivationCache(ordered, self.cfg, self._hook_names)
+
+    def forward_inputs(self, input_ids: Tensor | Sequence, attention_mask: Any = None) -> dict[str, Tensor]:
+        """Checked keyword arguments for the Hugging Face forward pass: input_ids, and with a
+        mask the mask and position ids that follow it."""
+        input_ids = self.check_input_ids(input_ids)
+        mask = check_attention_mask(attention_mask, input_ids)
+        if mask is None:
+            return {"input_ids": input_ids}
+        return {"input_ids": input_ids, "attention_mask": mask, "position_ids": position_ids(mask)}
 
     def check_input_ids(self, input_ids: Tensor | Sequence) -> Tensor:
         """Token ids as a LongTensor [batch, pos] on the model's device, or a clear error."""
@@ -379,7 +412,9 @@ class HookedAutoModel(nn.Module):
 
     # -- interventions ---------------------------------------------------------------------
 
-    def run_with_attention_knockout(self, input_ids: Tensor | Sequence, knockouts: Knockout) -> Any:
+    def run_with_attention_knockout(
+        self, input_ids: Tensor | Sequence, knockouts: Knockout, *, attention_mask: Tensor | None = None
+    ) -> Any:
         """Run the model with attention edges blocked (attention knockout, Geva et al. 2023).
 
         ``knockouts`` maps a layer to ``(head, query_pos, key_pos)`` edges; ``head`` None
@@ -389,7 +424,8 @@ class HookedAutoModel(nn.Module):
         Face's output; hooks are removed afterwards, also when the forward pass raises.
         """
         self._require_forward()
-        input_ids = self.check_input_ids(input_ids)
+        inputs = self.forward_inputs(input_ids, attention_mask)
+        input_ids = inputs["input_ids"]
         (plan,) = interventions.check_knockouts(self, [knockouts], input_ids.shape[1])
         layers = module_at(self.hf_model, self.adapter.layers)
         with ExitStack() as stack:
@@ -398,7 +434,7 @@ class HookedAutoModel(nn.Module):
                 hook = interventions._knockout_hook(self.cfg.n_heads, [edges] * input_ids.shape[0], 0)
                 stack.callback(attn.register_forward_pre_hook(hook, with_kwargs=True).remove)
             with torch.no_grad():
-                return self.hf_model(input_ids=input_ids, use_cache=False)
+                return self.hf_model(**inputs, use_cache=False)
 
     def knockout_logits(
         self, input_ids: Tensor | Sequence, knockouts: Sequence[Knockout], position: int = -1, *, progress: bool = True

@@ -52,9 +52,8 @@ def test_strings_become_tokens_with_an_optional_bos(tmp_path):
     model = HookedAutoModel.from_hf(shared("llama").hf_model, tokenizer=word_tokenizer())
     assert model.to_tokens("w3 w4").tolist() == [[3, 4]]
     assert model.to_tokens("w3 w4", prepend_bos=True).tolist() == [[1, 3, 4]]
-    assert model.to_tokens(["w3 w4", "w5 w6"]).shape == (2, 2)
-    with pytest.raises(ValueError, match=r"different token lengths \[2, 1\]"):
-        model.to_tokens(["w3 w4", "w5"])
+    ids, mask = model.to_tokens(["w3 w4", "w5 w6"])
+    assert ids.tolist() == [[3, 4], [5, 6]] and mask.tolist() == [[1, 1], [1, 1]]
 
 
 def test_missing_models_say_what_was_looked_for(tmp_path):
