@@ -4,7 +4,8 @@ Write score of head h (DESIGN.md §4):
 
 - from weights: ||OV[h]||_F with OV = W_V' W_O, computed as sqrt(tr(S_V S_O)) from the
   d_head x d_head Grams S_V = W_V'^T W_V' and S_O = W_O W_O^T (no D x D matrix);
-- from data: the mean over positions of ||z[h] W_O[h]||_2, the size of what it writes;
+- from data: the mean over (real, unpadded) tokens of ||z[h] W_O[h]||_2, the size of what
+  it writes;
 - along a direction u: ||OV[h] u^||_2 = ||W_V' (W_O u^)||_2 from weights, and the mean of
   |<z[h] W_O[h], u^>| from data.
 
@@ -45,17 +46,17 @@ def ov_along(W_V: Tensor, W_O: Tensor, direction: Tensor) -> Tensor:
     return (W_V @ (W_O @ unit(direction)).unsqueeze(-1)).squeeze(-1).norm(dim=-1)
 
 
-def written(z: Tensor, W_O: Tensor) -> Tensor:
-    """What each head writes: z [batch, pos, head, d_head] x W_O [head, d_head, D] -> [batch, pos, head, D]."""
-    return torch.einsum("bphk,hkd->bphd", z, W_O)
+def written_sizes(z: Tensor, W_O: Tensor, direction: Tensor | None = None) -> Tensor:
+    """Per token, the size of what each head writes: ||z[h] W_O[h]||_2, or |<z[h] W_O[h], u^>|
+    along a direction. z [batch, pos, head, d_head], W_O [head, d_head, D] -> [batch, pos, head].
 
-
-def write_scores_from_data(z: Tensor, W_O: Tensor, direction: Tensor | None = None) -> Tensor:
-    """Mean over batch and positions of ||z[h] W_O[h]|| (or |<z[h] W_O[h], u^>|) -> [head]."""
-    out = written(z, W_O)
-    if direction is None:
-        return out.norm(dim=-1).mean((0, 1))
-    return (out @ unit(direction)).abs().mean((0, 1))
+    Computed through the d_head x d_head Gram W_O W_O^T (or the d_head vector W_O u^), so
+    no [batch, pos, head, D] tensor is formed."""
+    if direction is not None:
+        along = W_O @ unit(direction)  # [head, d_head, D] x [D] -> [head, d_head]
+        return torch.einsum("bphk,hk->bph", z, along).abs()
+    gram = W_O @ W_O.transpose(-1, -2)  # [head, d_head, d_head]
+    return torch.einsum("bphk,hkl,bphl->bph", z, gram, z).clamp_min(0).sqrt()
 
 
 def read_scores(W: Tensor, direction: Tensor) -> Tensor:

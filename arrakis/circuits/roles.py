@@ -1,8 +1,8 @@
 r"""Head roles from attention patterns, as TransformerLens's ``detect_head`` ("mul").
 
 For a detection pattern M (1 on the cells a head of that role attends to, 0 elsewhere) and
-an attention pattern A of one sequence, the score is the attention mass on M's cells over
-the total mass, sum(A * M) / sum(A), averaged over the batch:
+an attention pattern A, the score is the attention mass on M's cells over the total mass,
+sum(A * M) / sum(A), summed over every (real, unpadded) query position of every sequence:
 
 - previous-token: M[i, i-1] = 1;
 - duplicate-token: M[i, j] = 1 for j < i with token[j] == token[i];
@@ -50,11 +50,15 @@ DETECTORS = {
 }
 
 
+def role_hits(pattern: Tensor, detection: Tensor) -> Tensor:
+    """sum(A * M) over the batch and cells: pattern [batch, head, q, k], detection [batch, q, k] -> [head]."""
+    return torch.einsum("bhqk,bqk->h", pattern, detection)
+
+
 def role_scores(pattern: Tensor, detection: Tensor) -> Tensor:
-    """pattern [batch, head, q, k], detection [batch, q, k] -> [head]: mean over the batch
-    of sum(A * M) / sum(A)."""
-    hit = (pattern * detection[:, None]).sum((-1, -2))  # [batch, head]
-    return (hit / pattern.sum((-1, -2))).mean(0)
+    """pattern [batch, head, q, k], detection [batch, q, k] -> [head]: sum(A * M) / sum(A)
+    over the batch (every row of A sums to 1, so sequences of one length weigh equally)."""
+    return role_hits(pattern, detection) / pattern.sum((0, -1, -2))
 
 
 def repeated_random_tokens(

@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 
 from arrakis.models import HookedAutoModel
+from arrakis.models.batching import check_attention_mask, real_rows
 from arrakis.tools.base import check_index
 from arrakis.tools.results.flow import FlowPath, InformationFlow, LayerFlow
 
@@ -38,15 +39,32 @@ def resolve_positions(
     src_pos: int | None,
     dst_pos: int | None,
     batch_index: int | None,
+    attention_mask: Any = None,
 ) -> tuple[Tensor, int, int]:
-    """The one sequence to analyse ([1, pos]) and the src and dst positions in it."""
+    """The one sequence to analyse ([1, pos], without padding) and the src and dst positions
+    in it. With an ``attention_mask``, positions given count the padded row's columns and
+    are returned counting the prompt's real tokens (as if it ran alone)."""
     ids = model.check_input_ids(input_ids)
+    mask = check_attention_mask(attention_mask, ids)
     if batch_index is None:
         if ids.shape[0] != 1:
             raise ValueError(f"input_ids holds a batch of {ids.shape[0]} sequences; pass batch_index= to pick one")
         batch_index = 0
     batch_index = check_index(batch_index, ids.shape[0], "batch_index", "sequences in the batch")
-    ids = ids[batch_index : batch_index + 1]
+    if mask is not None:
+        keep = mask[batch_index].bool()
+        real = (keep.cumsum(0) - 1).tolist()
+
+        def unpadded(pos: int | None, what: str) -> int | None:
+            if pos is None:
+                return None
+            pos = check_index(pos, ids.shape[1], what, "positions in the prompt")
+            if not keep[pos]:
+                raise ValueError(f"{what} {pos} is padding in row {batch_index} of attention_mask")
+            return real[pos]
+
+        src_pos, dst_pos = unpadded(src_pos, "src_pos"), unpadded(dst_pos, "dst_pos")
+    ids = real_rows(ids, mask, batch_index)
     row, n_pos = ids[0].tolist(), ids.shape[1]
     if dst_pos is None:
         if dst_token is None:

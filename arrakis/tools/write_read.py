@@ -25,8 +25,10 @@ from torch import Tensor
 
 from arrakis.circuits import heads as head_math
 from arrakis.circuits.composition import MODES, check_mode, composition_baseline, composition_scores
-from arrakis.circuits.roles import DETECTORS, ROLES, repeated_random_tokens, role_scores
+from arrakis.circuits.roles import ROLES, repeated_random_tokens
 from arrakis.models import HookedAutoModel
+from arrakis.models.batching import iter_batches
+from arrakis.tools import data_stats
 from arrakis.tools.base import (
     BaseInterpretabilityTool,
     check_choice,
@@ -36,6 +38,7 @@ from arrakis.tools.base import (
     check_positive_int,
     check_threshold,
 )
+from arrakis.tools.data_stats import fingerprint
 from arrakis.tools.information_flow import (
     METHODS,
     InformationFlow,
@@ -59,6 +62,7 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
     def __init__(self, model: HookedAutoModel) -> None:
         super().__init__(model)
         self._composition: dict[tuple[str, bool], tuple[object, CompositionScores]] = {}
+        self._data: dict[tuple, Any] = {}  # data-based results by prompts' fingerprint
 
     # -- write heads -------------------------------------------------------------------------
 
@@ -67,29 +71,72 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         layer_idx: int,
         threshold: float = 0.8,
         *,
-        input_ids: Tensor | None = None,
+        input_ids: Any = None,
+        attention_mask: Tensor | None = None,
         direction: Tensor | None = None,
+        batch_size: int | None = None,
     ) -> HeadSelection:
         """The heads of a layer that make up ``threshold`` of its writing (DESIGN.md §4).
 
-        Scores: ||OV[h]||_F from the folded weights; with ``input_ids``, the mean size of what
-        each head actually writes, ||z[h] W_O[h]||; with ``direction`` u, only the part along
-        u (||OV[h] u^|| from weights, mean |<z[h] W_O[h], u^>| from data).
+        Scores: ||OV[h]||_F from the folded weights; with ``input_ids`` (ids with an optional
+        ``attention_mask``, or a dataset of prompts; see ``write_scores``), the mean size of
+        what each head actually writes, ||z[h] W_O[h]||, over real tokens; with
+        ``direction`` u, only the part along u (||OV[h] u^|| from weights, mean
+        |<z[h] W_O[h], u^>| from data). Data-based scores of all layers come from one pass
+        and are reused for the other layers of the same prompts.
         """
         layer = check_layer(layer_idx, self.cfg.n_layers)
         threshold = check_threshold(threshold)
         u = None if direction is None else check_direction(direction, self.cfg.d_model)
-        weights = self.model.head_weights(folded=True)
-        W_V, W_O = weights.W_V[layer].float(), weights.W_O[layer].float()  # stacks may be bfloat16
         if input_ids is None:
+            if attention_mask is not None:
+                raise ValueError("attention_mask goes with input_ids; without them, scores come from the weights")
+            weights = self.model.head_weights(folded=True)
+            W_V, W_O = weights.W_V[layer].float(), weights.W_O[layer].float()  # stacks may be bfloat16
             scores = head_math.ov_norms(W_V, W_O) if u is None else head_math.ov_along(W_V, W_O, u)
             method = "weights"
         else:
-            name = f"blocks.{layer}.attn.hook_z"
-            _, cache = self.model.run_with_cache(input_ids, names=[name])
-            scores = head_math.write_scores_from_data(cache[name].float(), W_O.to(cache[name].device), u)
+            scores = self.write_scores(input_ids, attention_mask, direction=u, batch_size=batch_size)[layer]
             method = "data"
         return self._select(layer, scores, threshold, method + ("-direction" if u is not None else ""))
+
+    def write_scores(
+        self,
+        input_ids: Any,
+        attention_mask: Tensor | None = None,
+        *,
+        direction: Tensor | None = None,
+        batch_size: int | None = None,
+    ) -> Tensor:
+        """What every head writes on real prompts: [n_layers, n_heads], the mean over real
+        (unpadded) tokens of ||z[h] W_O[h]||_2, or of |<z[h] W_O[h], u^>| along ``direction``.
+
+        ``input_ids``: token ids [batch, pos] with an optional ``attention_mask`` (padding
+        left or right), or a dataset: a list of strings or id rows, or any iterable of them,
+        run ``batch_size`` prompts at a time (progress shown). One forward pass per batch
+        serves all layers; the result is kept for the same prompts.
+        """
+        u = None if direction is None else check_direction(direction, self.cfg.d_model)
+        batches = self._batches(input_ids, attention_mask, batch_size)
+        key = ("write", fingerprint(batches, None if u is None else u.tolist()))
+        return self._remembered(key, lambda: data_stats.write_scores(self.model, batches, u)).clone()
+
+    def _batches(self, input_ids: Any, attention_mask: Any, batch_size: int | None) -> list:
+        if batch_size is not None:
+            batch_size = check_positive_int(batch_size, "batch_size")
+        return list(iter_batches(self.model, input_ids, attention_mask, batch_size))
+
+    def _remembered(self, key: tuple, compute: Callable[[], Any]) -> Any:
+        """A data-based result for the same prompts, computed once while the weights stay the
+        same (the last few results are kept)."""
+        weights = self.model.head_weights(folded=True)  # a new object whenever a parameter changes
+        entry = self._data.get(key)
+        if entry is None or entry[0] is not weights:
+            entry = (weights, compute())
+            self._data[key] = entry
+            while len(self._data) > 8:
+                self._data.pop(next(iter(self._data)))
+        return entry[1]
 
     # -- read heads --------------------------------------------------------------------------
 
@@ -237,6 +284,7 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         min_edge_flow: float = 0.01,
         verify: bool | str = False,
         batch_index: int | None = None,
+        attention_mask: Tensor | None = None,
     ) -> InformationFlow:
         """Which heads carry information from position src to position dst, in which layers,
         along which routes, and how much it matters to what the model predicts at dst
@@ -261,8 +309,14 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         ``verify=True`` adds exact knockouts (batched) of the top heads' and suppressors'
         edges, of each layer's edge and of all layers at once, beside their estimates with
         the rank correlation; ``verify="all"`` knocks out every head's edge one at a time.
+
+        A padded batch: pick the prompt with ``batch_index`` and pass its ``attention_mask``;
+        the prompt is traced without its padding, so the result's positions count its real
+        tokens and its numbers are those of the prompt run alone.
         """
-        ids, src, dst = resolve_positions(self.model, input_ids, src_token, dst_token, src_pos, dst_pos, batch_index)
+        ids, src, dst = resolve_positions(
+            self.model, input_ids, src_token, dst_token, src_pos, dst_pos, batch_index, attention_mask
+        )
         chosen = resolve_layers(n_layers, layers, self.cfg.n_layers)
         method = check_choice(method, METHODS, "method")
         chosen_metric = resolve_metric(self.model, target, foil, metric)
@@ -289,8 +343,10 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
 
     def head_roles(
         self,
-        input_ids: Tensor | None = None,
+        input_ids: Any = None,
         *,
+        attention_mask: Tensor | None = None,
+        batch_size: int | None = None,
         seq_len: int = 32,
         n_repeats: int = 2,
         n_sequences: int = 4,
@@ -299,27 +355,31 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         """Previous-token, duplicate-token and induction scores of every head (DESIGN.md §7).
 
         By default on ``n_sequences`` sequences of ``seq_len`` random tokens repeated
-        ``n_repeats`` times (after a BOS token where the tokenizer has one).
+        ``n_repeats`` times (after a BOS token where the tokenizer has one); or on
+        ``input_ids`` (with an optional ``attention_mask``), or a dataset of prompts run
+        ``batch_size`` at a time. Padded positions count for nothing; "previous" means the
+        previous real token. Scores are kept for the same probe, so ``circuits`` reuses them.
         """
         if input_ids is None:
+            if attention_mask is not None:
+                raise ValueError("attention_mask goes with input_ids; the default probe has no padding")
             seq_len, n_repeats = check_positive_int(seq_len, "seq_len"), check_positive_int(n_repeats, "n_repeats")
             n_sequences = check_positive_int(n_sequences, "n_sequences")
             if n_repeats < 2:
                 logger.warning("n_repeats=1: nothing repeats, so induction and duplicate scores will be ~0")
             bos = getattr(self.model.tokenizer, "bos_token_id", None)
-            tokens = repeated_random_tokens(self.cfg.d_vocab, seq_len, n_repeats, n_sequences, seed, bos)
+            input_ids = repeated_random_tokens(self.cfg.d_vocab, seq_len, n_repeats, n_sequences, seed, bos)
             source = f"repeated random tokens (seq_len={seq_len}, n_repeats={n_repeats}, seed={seed})"
         else:
-            tokens, source = input_ids, "input_ids"
-        tokens = self.model.check_input_ids(tokens)
-        _, cache = self.model.run_with_cache(tokens, names=lambda n: n.endswith("attn.hook_pattern"))
-        detections = {role: DETECTORS[role](tokens).float() for role in ROLES}
-        scores = {role: torch.zeros(self.cfg.n_layers, self.cfg.n_heads) for role in ROLES}
-        for layer in range(self.cfg.n_layers):
-            pattern = cache["pattern", layer].float()
-            for role in ROLES:
-                scores[role][layer] = role_scores(pattern, detections[role].to(pattern.device)).cpu()
-        return HeadRoles(**scores, n_tokens=tokens.shape[1], n_sequences=tokens.shape[0], source=source)
+            source = "input_ids"
+        batches = self._batches(input_ids, attention_mask, batch_size)
+        computed = self._remembered(
+            ("roles", fingerprint(batches)), lambda: data_stats.role_scores(self.model, batches)
+        )
+        scores = {role: value.clone() for role, value in computed.items()}
+        n_tokens = max(ids.shape[1] for ids, _ in batches)
+        n_sequences = sum(ids.shape[0] for ids, _ in batches)
+        return HeadRoles(**scores, n_tokens=n_tokens, n_sequences=n_sequences, source=source)
 
     # -- circuits ----------------------------------------------------------------------------
 

@@ -1,0 +1,99 @@
+"""Statistics over prompts: what every head writes, and head-role scores, from one forward
+pass per batch for all layers at once (DESIGN.md §3 "Batches and padding", §4, §7).
+
+Every statistic counts real tokens only: padded positions are masked out of every sum, and a
+dataset's aggregate is a mean over its tokens (not a mean of batch means), so batching
+never changes it. Activations are reduced as they are captured (per token and head, never
+[batch, pos, head, d_model]); tensors stay on the model's device until the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from arrakis.circuits import heads as head_math
+from arrakis.circuits.roles import DETECTORS, ROLES, role_hits
+from arrakis.models import HookedAutoModel
+
+Batch = tuple[Tensor, Tensor | None]  # (input_ids [batch, pos], attention_mask or None)
+
+
+def fingerprint(batches: list[Batch], *extra: Any) -> str:
+    """A key for the same prompts (ids and masks by content) and options."""
+    digest = hashlib.sha256(repr(extra).encode())
+    for ids, mask in batches:
+        for tensor in (ids, mask):
+            if tensor is None:
+                digest.update(b"-")
+            else:
+                digest.update(str(tuple(tensor.shape)).encode())
+                digest.update(tensor.detach().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _progress(batches: list[Batch], what: str) -> Iterable[Batch]:
+    return tqdm(batches, desc=what, unit="batch", leave=False, disable=len(batches) < 4)
+
+
+def write_scores(model: HookedAutoModel, batches: list[Batch], direction: Tensor | None = None) -> Tensor:
+    """[n_layers, n_heads]: the mean over real tokens of ||z[h] W_O[h]||_2 (or |<z[h] W_O[h], u^>|)."""
+    cfg, device = model.cfg, model.device
+    W_O = model.head_weights(folded=True).W_O  # [layer, head, d_head, D]
+    u = None if direction is None else direction.float().to(device)
+    names = {f"blocks.{layer}.attn.hook_z" for layer in range(cfg.n_layers)}
+
+    def sizes(name: str, z: Tensor) -> Tensor:  # [batch, pos, head, d_head] -> [batch, pos, head]
+        layer = int(name.split(".")[1])
+        return head_math.written_sizes(
+            z.float(), W_O[layer].float().to(z.device), None if u is None else u.to(z.device)
+        )
+
+    total = torch.zeros(cfg.n_layers, cfg.n_heads, dtype=torch.float64, device=device)
+    count = 0
+    for ids, mask in _progress(batches, "write scores"):
+        _, cache = model.run_with_cache(ids, names=names, transform=sizes, attention_mask=mask)
+        weight = torch.ones(ids.shape, device=device) if mask is None else mask.float().to(device)
+        for layer in range(cfg.n_layers):
+            size = cache[f"blocks.{layer}.attn.hook_z"].to(device)
+            total[layer] += torch.einsum("bph,bp->h", size, weight).double()
+        count += int(weight.sum())
+    return (total / count).float().cpu()
+
+
+def role_scores(model: HookedAutoModel, batches: list[Batch]) -> dict[str, Tensor]:
+    """{role: [n_layers, n_heads]}: over real query tokens, the attention mass each head puts
+    on the cells of the role's detection pattern, divided by the mass it puts anywhere."""
+    cfg, device = model.cfg, model.device
+    hits = {role: torch.zeros(cfg.n_layers, cfg.n_heads, dtype=torch.float64, device=device) for role in ROLES}
+    mass = torch.zeros(cfg.n_layers, cfg.n_heads, dtype=torch.float64, device=device)
+    names = {f"blocks.{layer}.attn.hook_pattern" for layer in range(cfg.n_layers)}
+    for ids, mask in _progress(batches, "head roles"):
+        detections = {role: detection(DETECTORS[role], ids, mask).to(device) for role in ROLES}
+        rows = torch.ones(ids.shape, device=device) if mask is None else mask.float().to(device)
+        _, cache = model.run_with_cache(ids, names=names, attention_mask=mask)
+        for layer in range(cfg.n_layers):
+            pattern = cache[f"blocks.{layer}.attn.hook_pattern"].float().to(device)  # [batch, head, q, k]
+            pattern = pattern * rows[:, None, :, None]  # padded query rows count for nothing
+            mass[layer] += pattern.sum((0, 2, 3)).double()
+            for role in ROLES:
+                hits[role][layer] += role_hits(pattern, detections[role]).double()
+    return {role: (hits[role] / mass.clamp_min(1e-30)).float().cpu() for role in ROLES}
+
+
+def detection(detector: Any, ids: Tensor, mask: Tensor | None) -> Tensor:
+    """A role's detection pattern [batch, q, k] computed on each prompt's real tokens alone
+    (so "previous" means the previous real token), zero on every padded row and column."""
+    if mask is None:
+        return detector(ids).float()
+    out = torch.zeros(ids.shape[0], ids.shape[1], ids.shape[1], device=ids.device)
+    for b in range(ids.shape[0]):
+        keep = mask[b].bool().nonzero().flatten()
+        inner = detector(ids[b, keep][None])[0].float()  # [real, real]
+        out[b, keep[:, None], keep[None, :]] = inner
+    return out
