@@ -28,8 +28,10 @@ import torch
 from torch import Tensor
 
 
-def unit(direction: Tensor) -> Tensor:
-    """u / ||u|| (callers check that u is non-zero and finite)."""
+def unit(direction: Tensor, like: Tensor | None = None) -> Tensor:
+    """u / ||u|| (callers check that u is non-zero and finite), on ``like``'s device and dtype."""
+    if like is not None:
+        direction = direction.to(device=like.device, dtype=like.dtype)
     return direction / direction.norm()
 
 
@@ -43,7 +45,7 @@ def ov_norms(W_V: Tensor, W_O: Tensor) -> Tensor:
 def ov_along(W_V: Tensor, W_O: Tensor, direction: Tensor) -> Tensor:
     """||OV[h] u^||_2 per head: how much the head can write along u."""
     # [..., d_head, D] x [D] -> [..., d_head];  [..., D, d_head] x [..., d_head] -> [..., D]
-    return (W_V @ (W_O @ unit(direction)).unsqueeze(-1)).squeeze(-1).norm(dim=-1)
+    return (W_V @ (W_O @ unit(direction, W_O)).unsqueeze(-1)).squeeze(-1).norm(dim=-1)
 
 
 def written_sizes(z: Tensor, W_O: Tensor, direction: Tensor | None = None) -> Tensor:
@@ -53,7 +55,7 @@ def written_sizes(z: Tensor, W_O: Tensor, direction: Tensor | None = None) -> Te
     Computed through the d_head x d_head Gram W_O W_O^T (or the d_head vector W_O u^), so
     no [batch, pos, head, D] tensor is formed."""
     if direction is not None:
-        along = W_O @ unit(direction)  # [head, d_head, D] x [D] -> [head, d_head]
+        along = W_O @ unit(direction, W_O)  # [head, d_head, D] x [D] -> [head, d_head]
         return torch.einsum("bphk,hk->bph", z, along).abs()
     gram = W_O @ W_O.transpose(-1, -2)  # [head, d_head, d_head]
     return torch.einsum("bphk,hkl,bphl->bph", z, gram, z).clamp_min(0).sqrt()
@@ -62,7 +64,7 @@ def written_sizes(z: Tensor, W_O: Tensor, direction: Tensor | None = None) -> Te
 def read_scores(W: Tensor, direction: Tensor) -> Tensor:
     """||u^ W[h]||_2 / (||W[h]||_F / sqrt(D)) for W [..., D, d_head] -> [...]."""
     d_model = W.shape[-2]
-    along = (unit(direction) @ W).norm(dim=-1)  # [D] x [..., D, d_head] -> [..., d_head]
+    along = (unit(direction, W) @ W).norm(dim=-1)  # [D] x [..., D, d_head] -> [..., d_head]
     average = W.flatten(-2).norm(dim=-1) / math.sqrt(d_model)
     return along / average.clamp_min(torch.finfo(W.dtype).tiny)
 

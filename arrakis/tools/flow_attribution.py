@@ -48,7 +48,7 @@ def trace_attribution(
     def reduce(layer: int, pattern: Tensor, grad: Tensor) -> tuple[Tensor, Tensor]:
         # rows src..dst with every key (the renormalisation needs the whole row), then keys src..dst
         edges = edge_attributions(pattern[:, src : dst + 1], grad[:, src : dst + 1])[:, :, src:]
-        return edges, pattern[:, dst, src].clone()  # [head, rows, rows], A[h, dst, src]
+        return edges.cpu(), pattern[:, dst, src].cpu()  # [head, rows, rows], A[h, dst, src]; small, on the CPU
 
     _, value, results = pattern_gradients(model, ids, metric.of_clean, layers, dst, reduce)
     layer_flows = []

@@ -63,7 +63,7 @@ def trace_routes(
     for layer in layers:
         pattern = cache[f"blocks.{layer}.attn.hook_pattern"]  # [head, rows, keys]
         v = cache[f"blocks.{layer}.attn.hook_v"]  # [keys, head, d_head]
-        W_O, b_O = weights.W_O[layer].to(v.device), weights.b_O[layer].to(v.device)
+        W_O, b_O = weights.W_O[layer].to(v.device).float(), weights.b_O[layer].to(v.device).float()
         value_out = torch.einsum("khd,hdm->khm", v, W_O)  # [keys, head, d_head] x [head, d_head, D]
         residual = cache[f"blocks.{layer}.hook_resid_pre"]
         y = residual + cache[f"blocks.{layer}.hook_attn_out"]  # [rows, D]
@@ -71,7 +71,9 @@ def trace_routes(
         layer_pointers = torch.zeros(n_rows, n_paths, 3, dtype=torch.long)
         new_beam = torch.zeros(n_rows, n_paths)
         chunks = chunked_importances(y, residual, pattern, value_out, b_O, first_key_row=src)
-        for rows, imp_res, imp_heads, imp_bias in chunks:
+        for rows, *parts in chunks:
+            # the importances are computed where the layer ran; the bookkeeping is small, on the CPU
+            imp_res, imp_heads, imp_bias = (part.cpu() for part in parts)
             positions = torch.arange(rows.start, rows.stop) + src
             f_keys = f_prev[: imp_heads.shape[-1]]  # this chunk's keys
             carried = imp_heads @ f_keys  # [head, rows, keys] x [keys] -> [head, rows]
