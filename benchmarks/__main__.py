@@ -1,9 +1,16 @@
 """``make bench``: run every benchmark in this folder."""
 
-from benchmarks import bench_composition, bench_hooked_forward, bench_information_flow, bench_large_checkpoints
+from benchmarks import (
+    bench_batches,
+    bench_composition,
+    bench_hooked_forward,
+    bench_information_flow,
+    bench_large_checkpoints,
+)
 
 if __name__ == "__main__":
     bench_hooked_forward.main()
     bench_composition.main()
     bench_information_flow.main()
+    bench_batches.main()
     bench_large_checkpoints.main()
