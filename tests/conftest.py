@@ -48,6 +48,23 @@ VARIANTS: dict[str, tuple[str, dict]] = {
         "stable-lm",
         {**LLAMA_LIKE_TINY, "n_kv_heads": 1, "use_qkv_bias": True, "use_parallel_residual": True},
     ),
+    # the later families: per-head q/k norms (over d_head, over all heads, LayerNorm per head),
+    # post-norms, soft-capping, local (sliding-window) and global layers
+    "stable-lm-qk-norm": ("stable-lm", {**LLAMA_LIKE_TINY, "qk_layernorm": True}),
+    "gemma2": ("gemma2", {**LLAMA_LIKE_TINY, "d_head": 16, "sliding_window": 6}),
+    "gemma2-mqa-bias": (
+        "gemma2",
+        {**LLAMA_LIKE_TINY, "d_head": 16, "n_kv_heads": 1, "attention_bias": True, "attn_logit_softcapping": 5.0},
+    ),
+    "gemma3": (
+        "gemma3",
+        {**LLAMA_LIKE_TINY, "d_head": 16, "sliding_window": 6, "layer_types": ["sliding_attention", "full_attention"]},
+    ),
+    "gemma3-mqa-bias": ("gemma3", {**LLAMA_LIKE_TINY, "d_head": 16, "n_kv_heads": 1, "attention_bias": True}),
+    "qwen3": ("qwen3", {**LLAMA_LIKE_TINY, "d_head": 16}),
+    "qwen3-mqa-bias": ("qwen3", {**LLAMA_LIKE_TINY, "d_head": 16, "n_kv_heads": 1, "attention_bias": True}),
+    "olmo2": ("olmo2", LLAMA_LIKE_TINY),
+    "olmo2-mqa-bias": ("olmo2", {**LLAMA_LIKE_TINY, "n_kv_heads": 1, "attention_bias": True}),
 }
 
 

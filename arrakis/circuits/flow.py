@@ -40,7 +40,7 @@ def part_importances(
         residual: [rows, D] the residual stream entering attention.
         pattern: [head, rows, keys] attention weights of those rows.
         value_out: [keys, head, D] v_j W_O[h] for every key position j.
-        b_O: [D] the output bias.
+        b_O: [D] the output bias (or [rows, D], one per row, where a post-norm scales it).
         out: optional scratch space of at least rows * keys * D floats, reused between calls.
 
     Returns:
@@ -89,5 +89,12 @@ def chunked_importances(
         keys = min(n_keys, first_key_row + rows.stop)
         yield (
             rows,
-            *part_importances(y[rows], residual[rows], pattern[:, rows, :keys], value_out[:keys], b_O, out=scratch),
+            *part_importances(
+                y[rows],
+                residual[rows],
+                pattern[:, rows, :keys],
+                value_out[:keys],
+                b_O[rows] if b_O.dim() == 2 else b_O,
+                out=scratch,
+            ),
         )

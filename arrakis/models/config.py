@@ -34,6 +34,9 @@ class ModelShape:
     norm_eps: float
     parallel_residual: bool  # attention and MLP both read resid_pre (no resid_mid)
     positional: str  # "learned" (absolute, added to the embedding) or "rotary"
+    ln1: bool = True  # attention reads a normalised residual (False: the residual itself, OLMo-2)
+    attn_post_norm: bool = False  # attention's output is normalised before the residual add
+    qk_norm: str | None = None  # q/k normalised per head over d_head ("head"), over all heads ("all"), or not
 
     @property
     def group_size(self) -> int:
@@ -57,6 +60,9 @@ def model_shape(adapter: FamilyAdapter, hf_config: PretrainedConfig, d_head: int
 
     n_heads = get("n_heads")
     d_model = get("d_model")
+    qk_norm = None
+    if adapter.q_norm is not None and (adapter.qk_norm_field is None or getattr(hf_config, adapter.qk_norm_field)):
+        qk_norm = "all" if adapter.qk_norm_layout == "flat" else "head"
     d_mlp = get("d_mlp") or (adapter.mlp_ratio_if_unset * d_model if adapter.mlp_ratio_if_unset else None)
     return ModelShape(
         family=adapter.family,
@@ -73,6 +79,9 @@ def model_shape(adapter: FamilyAdapter, hf_config: PretrainedConfig, d_head: int
         norm_eps=float(getattr(hf_config, adapter.eps_field)),
         parallel_residual=bool(getattr(hf_config, adapter.parallel_residual_field or "", False)),
         positional="learned" if adapter.pos_embed else "rotary",
+        ln1=adapter.ln1 is not None,
+        attn_post_norm=adapter.attn_post_norm is not None,
+        qk_norm=qk_norm,
     )
 
 

@@ -7,9 +7,13 @@ blocks.{l}.ln1.hook_normalized   [batch, pos, d_model]   ln1(resid_pre): what at
 blocks.{l}.attn.hook_q           [batch, pos, head, d_head]  before rotary / q-k norms
 blocks.{l}.attn.hook_k           [batch, pos, head, d_head]  expanded to query heads
 blocks.{l}.attn.hook_v           [batch, pos, head, d_head]  expanded to query heads
+blocks.{l}.attn.hook_q_normed    [batch, pos, head, d_head]  after the q norm (q/k-norm families)
+blocks.{l}.attn.hook_k_normed    [batch, pos, head, d_head]  after the k norm, expanded to query heads
 blocks.{l}.attn.hook_pattern     [batch, head, query_pos, key_pos]
 blocks.{l}.attn.hook_z           [batch, pos, head, d_head]  sum_j pattern[i, j] v_j
-blocks.{l}.hook_attn_out         [batch, pos, d_model]   sum_h z[h] W_O[h] + b_O
+blocks.{l}.ln1_post.hook_in      [batch, pos, d_model]   sum_h z[h] W_O[h] + b_O (post-norm families)
+blocks.{l}.hook_attn_out         [batch, pos, d_model]   what attention adds to the residual:
+                                                          sum_h z[h] W_O[h] + b_O, or its post-norm
 blocks.{l}.hook_resid_mid        [batch, pos, d_model]   resid_pre + attn_out (sequential only)
 blocks.{l}.hook_mlp_out          [batch, pos, d_model]
 blocks.{l}.hook_resid_post       [batch, pos, d_model]
@@ -30,8 +34,11 @@ LAYER_HOOKS: dict[str, str] = {
     "attn.hook_q": "batch pos head d_head",
     "attn.hook_k": "batch pos head d_head",
     "attn.hook_v": "batch pos head d_head",
+    "attn.hook_q_normed": "batch pos head d_head",
+    "attn.hook_k_normed": "batch pos head d_head",
     "attn.hook_pattern": "batch head query_pos key_pos",
     "attn.hook_z": "batch pos head d_head",
+    "ln1_post.hook_in": "batch pos d_model",
     "hook_attn_out": "batch pos d_model",
     "hook_resid_mid": "batch pos d_model",
     "hook_mlp_out": "batch pos d_model",
@@ -57,6 +64,10 @@ def hook_names(cfg: ModelShape) -> list[str]:
     for layer in range(cfg.n_layers):
         for suffix in LAYER_HOOKS:
             if suffix == "hook_resid_mid" and cfg.parallel_residual:
+                continue
+            if suffix.endswith("_normed") and not cfg.qk_norm:
+                continue
+            if suffix == "ln1_post.hook_in" and not cfg.attn_post_norm:
                 continue
             names.append(f"blocks.{layer}.{suffix}")
     return [*names, "ln_final.hook_normalized", "logits"]

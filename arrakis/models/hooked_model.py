@@ -349,22 +349,48 @@ class HookedAutoModel(nn.Module):
             z = _input(args, kwargs, out)
             return z.view(*z.shape[:-1], cfg.n_heads, cfg.d_head)  # [batch, pos, head * d_head] -> heads
 
+        def normed(channel: str) -> Capture:
+            # a q/k norm's output in its own layout -> [batch, pos, head, d_head]
+            expand = channel == "k" and cfg.n_kv_heads < cfg.n_heads
+
+            def capture(args: tuple, kwargs: dict, out: Any) -> Tensor:
+                out = _output(args, kwargs, out)
+                if a.qk_norm_layout in ("head_pos", "per_head_modules"):
+                    out = out.transpose(1, 2)  # [batch, head, pos, d_head] -> [batch, pos, head, d_head]
+                elif a.qk_norm_layout == "flat":
+                    out = out.view(*out.shape[:-1], -1, cfg.d_head)  # [batch, pos, head * d_head] -> heads
+                return out[:, :, self._kv_group.to(out.device)] if expand else out
+
+            return capture
+
         add("hook_embed", module_at(root, a.embed), False, _output)
         if a.pos_embed:
             add("hook_pos_embed", module_at(root, a.pos_embed), False, lambda *c: _output(*c).expand(batch, -1, -1))
         for i, layer in enumerate(layers):
             p = f"blocks.{i}."
+            attn = module_at(layer, a.attn)
             add(p + "hook_resid_pre", layer, True, _input)
-            add(p + "ln1.hook_normalized", module_at(layer, a.ln1), False, _output)
+            if a.ln1 is not None:
+                add(p + "ln1.hook_normalized", module_at(layer, a.ln1), False, _output)
+            else:  # attention reads the residual stream itself
+                add(p + "ln1.hook_normalized", attn, True, _input)
             for channel in ("q", "k", "v"):
                 add(p + f"attn.hook_{channel}", module_at(layer, getattr(a, channel)), False, heads(channel))
-            attn = module_at(layer, a.attn)
+            if cfg.qk_norm:
+                add(p + "attn.hook_q_normed", module_at(layer, a.q_norm), False, normed("q"))
+                add(p + "attn.hook_k_normed", module_at(layer, a.k_norm), False, normed("k"))
             add(p + "attn.hook_pattern", attn, False, _pattern)
             add(p + "attn.hook_z", module_at(layer, a.o), True, split_z)
-            add(p + "hook_attn_out", attn, False, _output)
+            if a.attn_post_norm is not None:
+                add(p + "ln1_post.hook_in", attn, False, _output)
+                add(p + "hook_attn_out", module_at(layer, a.attn_post_norm), False, _output)
+            else:
+                add(p + "hook_attn_out", attn, False, _output)
             if not cfg.parallel_residual:
-                add(p + "hook_resid_mid", module_at(layer, a.ln2), True, _input)
-            add(p + "hook_mlp_out", module_at(layer, a.mlp), False, _output)
+                mid = module_at(layer, a.ln2) if a.ln2 is not None else module_at(layer, a.mlp)
+                add(p + "hook_resid_mid", mid, True, _input)
+            mlp_out = module_at(layer, a.mlp_post_norm if a.mlp_post_norm is not None else a.mlp)
+            add(p + "hook_mlp_out", mlp_out, False, _output)
             add(p + "hook_resid_post", layer, False, _output)
         add("ln_final.hook_normalized", module_at(root, a.ln_final), False, _output)
         return plan

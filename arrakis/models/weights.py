@@ -46,10 +46,27 @@ class HeadWeights:
     b_O: Tensor  # [n_layers, d_model]
     kv_group: Tensor  # [n_heads] long: the KV head each query head reads
     folded: bool
+    # per-head q/k norms (None without them): gains [n_layers, n_heads, d_head] (Gemma 3: 1 + w;
+    # K expanded to query heads); LayerNorm q/k norms also centre q and k over d_head
+    q_norm_gain: Tensor | None = None
+    k_norm_gain: Tensor | None = None
+    qk_norm_centred: bool = False
 
     def tensors(self) -> dict[str, Tensor]:
-        """The tensors by TransformerLens name (W_Q, ..., b_O, kv_group)."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "folded"}
+        """The tensors by TransformerLens name (W_Q, ..., b_O, kv_group, and q/k norm gains)."""
+        return {f.name: v for f in fields(self) if isinstance(v := getattr(self, f.name), Tensor)}
+
+    def qk_circuit(self) -> tuple[Tensor, Tensor]:
+        """W_Q and W_K as the attention logit sees them: QK[h] = W_Q[h] W_K[h]^T, with per-head
+        q/k norms ``W_Q diag(gamma_q)`` and ``W_K diag(gamma_k)`` (centred over d_head first
+        for LayerNorm q/k norms). The norms' per-token scales are positive scalars that cancel
+        in every normalised score, so this is the QK circuit up to them (DESIGN.md §3)."""
+        if self.q_norm_gain is None:
+            return self.W_Q, self.W_K
+        W_Q, W_K = self.W_Q, self.W_K
+        if self.qk_norm_centred:  # (q - mean_d q): a projection of each head's features
+            W_Q, W_K = W_Q - W_Q.mean(-1, keepdim=True), W_K - W_K.mean(-1, keepdim=True)
+        return W_Q * self.q_norm_gain[..., None, :].to(W_Q), W_K * self.k_norm_gain[..., None, :].to(W_K)
 
 
 def kv_groups(n_heads: int, n_kv_heads: int) -> Tensor:
@@ -93,6 +110,28 @@ def _fold(W: Tensor, b: Tensor, gain: Tensor, beta: Tensor | None, adapter: Fami
     return W, b
 
 
+def _qk_norm_gain(norm: Norm, adapter: FamilyAdapter, cfg: ModelShape, channel: str) -> Tensor:
+    """One layer's q (or k) norm gain per head, [n_heads_c, d_head] (float32)."""
+    n_c = cfg.n_heads if channel == "q" else cfg.n_kv_heads
+    path = adapter.q_norm if channel == "q" else adapter.k_norm
+    if adapter.qk_norm_layout == "per_head_modules":
+        parts = [norm(f"{path}.norms.{h}") for h in range(n_c)]
+    else:
+        parts = [norm(path)]
+    if any(bias is not None and bool(bias.abs().max() > 0) for _, bias in parts):
+        raise ValueError(
+            f"the {channel} norm of this {cfg.family} model has a bias, which adds terms to the attention logit "
+            "that a gain-folded QK circuit cannot hold; arrakis does not support q/k norm biases"
+        )
+    gain = torch.stack([g for g, _ in parts]).float() + adapter.qk_norm_gain_offset
+    # one shared vector over d_head, one per head, or one over all heads concatenated
+    return (
+        gain.reshape(-1, cfg.d_head).expand(n_c, cfg.d_head)
+        if gain.numel() == cfg.d_head
+        else gain.reshape(n_c, cfg.d_head)
+    )
+
+
 def layer_head_weights(
     linear: Linear, norm: Norm, adapter: FamilyAdapter, cfg: ModelShape, *, folded: bool
 ) -> dict[str, Tensor]:
@@ -103,10 +142,13 @@ def layer_head_weights(
         W, b = _layer_qkv(linear, adapter, cfg, channel)
         if channel != "q":
             W, b = W[group.to(W.device)], b[group.to(W.device)]  # one slice per query head
-        if folded:
+        if folded and adapter.ln1 is not None:  # OLMo-2's attention reads the residual itself
             W, b = _fold(W, b, *norm(adapter.ln1), adapter)
         out[f"W_{channel.upper()}"], out[f"b_{channel.upper()}"] = W, b
     out["W_O"], out["b_O"] = _layer_o(linear, adapter, cfg)
+    if cfg.qk_norm:
+        out["q_norm_gain"] = _qk_norm_gain(norm, adapter, cfg, "q")
+        out["k_norm_gain"] = _qk_norm_gain(norm, adapter, cfg, "k")[group.to(out["W_K"].device)]
     return out
 
 
@@ -125,11 +167,14 @@ def stack_head_weights(
     L, H, D, K = cfg.n_layers, cfg.n_heads, cfg.d_model, cfg.d_head
     shapes = {"W_Q": (L, H, D, K), "W_K": (L, H, D, K), "W_V": (L, H, D, K), "W_O": (L, H, K, D)}
     shapes |= {"b_Q": (L, H, K), "b_K": (L, H, K), "b_V": (L, H, K), "b_O": (L, D)}
+    if cfg.qk_norm:
+        shapes |= {"q_norm_gain": (L, H, K), "k_norm_gain": (L, H, K)}
     stacks = {name: torch.empty(shape, dtype=dtype, device=device) for name, shape in shapes.items()}
     for i, (linear, norm) in enumerate(layers):
         for name, tensor in layer_head_weights(linear, norm, adapter, cfg, folded=folded).items():
             stacks[name][i] = tensor
-    return HeadWeights(**stacks, kv_group=kv_groups(H, cfg.n_kv_heads), folded=folded)
+    centred = bool(cfg.qk_norm) and adapter.qk_norm_kind == "layernorm"
+    return HeadWeights(**stacks, kv_group=kv_groups(H, cfg.n_kv_heads), folded=folded, qk_norm_centred=centred)
 
 
 def module_tensors(layer: nn.Module, adapter: FamilyAdapter) -> tuple[Linear, Norm]:

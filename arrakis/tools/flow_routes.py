@@ -1,5 +1,8 @@
 """``trace_information_flow(method="routes")``: Information Flow Routes (Ferrando & Voita
-2024; proximity importances after ALTI), kept for comparison. It measures how much of dst's
+2024; proximity importances after ALTI), kept for comparison. Where attention's output is
+normalised before the residual add (post-norms), each part is taken as it enters the
+residual, g * part / s_i with the norm's per-token scale s_i frozen at its clean value, so
+the parts still add up to ``hook_attn_out`` (DESIGN.md §3). It measures how much of dst's
 residual stream comes from src, not whether it matters to dst's prediction (the
 attribution method does that). The mathematics is in ``arrakis.circuits.flow``.
 
@@ -17,6 +20,7 @@ from torch import Tensor
 
 from arrakis.circuits.flow import RESIDUAL, chunked_importances
 from arrakis.models import HookedAutoModel
+from arrakis.models.adapters.base import module_at
 from arrakis.tools.flow_question import FlowMetric, build_flow
 from arrakis.tools.results.flow import FlowPath, HeadFlow, Hop, InformationFlow, LayerFlow
 
@@ -40,7 +44,9 @@ def trace_routes(
     min_edge_flow: float = 0.01,
 ) -> InformationFlow:
     """The routes from src to dst through ``layers`` of one sequence ``ids`` [1, pos]."""
-    names = {f"blocks.{layer}.{hook}" for layer in layers for hook in ROUTE_HOOKS}
+    post_norm = model.cfg.attn_post_norm
+    hooks = (*ROUTE_HOOKS, "ln1_post.hook_in") if post_norm else ROUTE_HOOKS
+    names = {f"blocks.{layer}.{hook}" for layer in layers for hook in hooks}
 
     def rows_only(name: str, tensor: Tensor) -> Tensor:
         # keep only what the routes read: rows src..dst, keys ..dst (never T^2 x H x D)
@@ -67,10 +73,15 @@ def trace_routes(
         value_out = torch.einsum("khd,hdm->khm", v, W_O)  # [keys, head, d_head] x [head, d_head, D]
         residual = cache[f"blocks.{layer}.hook_resid_pre"]
         y = residual + cache[f"blocks.{layer}.hook_attn_out"]  # [rows, D]
+        parts_pattern, dst_scale = pattern, 1.0
+        if post_norm:  # the parts as they enter the residual: g * part / s_i, s_i frozen at its clean value
+            gain, scale = _post_norm(model, layer, cache[f"blocks.{layer}.ln1_post.hook_in"])
+            parts_pattern, dst_scale = pattern / scale[None, :, None], float(1 / scale[-1])
+            value_out, b_O = value_out * gain, gain * b_O / scale[:, None]  # b_O: one per row now
         f_new = torch.zeros(n_keys)
         layer_pointers = torch.zeros(n_rows, n_paths, 3, dtype=torch.long)
         new_beam = torch.zeros(n_rows, n_paths)
-        chunks = chunked_importances(y, residual, pattern, value_out, b_O, first_key_row=src)
+        chunks = chunked_importances(y, residual, parts_pattern, value_out, b_O, first_key_row=src)
         for rows, *parts in chunks:
             # the importances are computed where the layer ran; the bookkeeping is small, on the CPU
             imp_res, imp_heads, imp_bias = (part.cpu() for part in parts)
@@ -82,7 +93,9 @@ def trace_routes(
             edges += _edges(layer, positions, imp_res, imp_heads, f_keys, min_edge_flow)
             if rows.stop == n_rows:  # the chunk holding dst: record its detail
                 layer_flows.append(
-                    _layer_detail(layer, f_new[dst], imp_res, imp_heads, imp_bias, carried, pattern, value_out, src)
+                    _layer_detail(
+                        layer, f_new[dst], imp_res, imp_heads, imp_bias, carried, pattern, dst_scale * value_out, src
+                    )
                 )
         f_prev, beam = f_new, new_beam
         pointers.append(layer_pointers)
@@ -103,6 +116,16 @@ def trace_routes(
         value=value,
         notes=NOTES,
     )
+
+
+def _post_norm(model: HookedAutoModel, layer: int, into: Tensor) -> tuple[Tensor, Tensor]:
+    """The attention post-norm of ``layer`` as gain [D] and the clean per-row RMS scale [rows]
+    of what enters it (``into`` [rows, D]): post_norm(x) = gain * x / scale."""
+    adapter = model.adapter
+    norm = module_at(module_at(model.hf_model, adapter.layers)[layer], adapter.attn_post_norm)
+    gain = norm.weight.detach().float().to(into.device) + adapter.norm_gain_offset
+    scale = (into.float().pow(2).mean(-1) + model.cfg.norm_eps).sqrt()
+    return gain, scale
 
 
 def _layer_detail(layer, flow, imp_res, imp_heads, imp_bias, carried, pattern, value_out, src) -> LayerFlow:

@@ -160,13 +160,13 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         else:
             u, what = self._read_direction(dim_idx)
             weights = self.model.head_weights(folded=True)
-            per_channel = {
-                c: head_math.read_scores(getattr(weights, f"W_{c.upper()}")[layer].float(), u) for c in channels
-            }
+            W_Q, W_K = weights.qk_circuit()  # q/k norm gains folded in, where there are any
+            by_channel = {"q": W_Q, "k": W_K, "v": weights.W_V}
+            per_channel = {c: head_math.read_scores(by_channel[c][layer].float(), u) for c in channels}
             baseline, method = 1.0, f"direction-{channel}"
         stacked = torch.stack([per_channel[c] for c in channels])  # [channel, head]
         scores = stacked.pow(2).mean(0).sqrt()  # root mean square over channels
-        notes = []
+        notes = self._qk_notes() if set(channels) & {"q", "k"} else []
         if self.cfg.n_kv_heads < self.cfg.n_heads and set(channels) & {"k", "v"} and method.startswith("direction"):
             notes.append(
                 f"grouped-query attention: {self.cfg.group_size} query heads share each K/V head, "
@@ -210,12 +210,27 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         w_layer = check_index(writer[0], layer, "writer layer", f"layers before layer {layer}")
         w_head = check_index(writer[1], self.cfg.n_heads, "writer head", "heads per layer")
         w = self.model.head_weights(folded=True)
+        W_Q, W_K = w.qk_circuit()
         pick = [w_layer, layer]  # a two-layer stack: the writer's layer, then the reader's
-        scores = composition_scores(
-            w.W_Q[pick], w.W_K[pick], w.W_V[pick], w.W_O[pick], tuple(c.upper() for c in channels)
-        )
+        scores = composition_scores(W_Q[pick], W_K[pick], w.W_V[pick], w.W_O[pick], tuple(c.upper() for c in channels))
         per_channel = {c: scores[c.upper()][0, w_head, 1] for c in channels}
         return per_channel, composition_baseline(self.cfg.d_model), f"writer L{w_layer}H{w_head}"
+
+    def _qk_notes(self) -> list[str]:
+        """What a weight-based Q/K score leaves out (DESIGN.md §3)."""
+        notes = []
+        if self.cfg.positional == "rotary":
+            notes.append("Q/K scores use the bilinear QK circuit: rotary's position-dependent rotation is left out")
+        if self.cfg.qk_norm:
+            notes.append(
+                "per-head q/k norms: their gains are folded into QK = W_Q diag(g_q g_k) W_K^T (TransformerLens "
+                "ignores them); their per-token scales are positive and cancel in these normalised scores"
+            )
+        if getattr(
+            self.model.hf_model.config if self.model.hf_model is not None else None, "attn_logit_softcapping", None
+        ):
+            notes.append("attention logits are soft-capped (tanh) in the forward pass; weight scores leave it out")
+        return notes
 
     def _select(
         self,
@@ -255,9 +270,14 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         cached = self._composition.get((mode, bool(folded)))
         if cached is None or cached[0] is not weights:
             logger.info("computing %s-composition scores", mode)
-            scores = composition_scores(weights.W_Q, weights.W_K, weights.W_V, weights.W_O, (mode,))[mode]
+            W_Q, W_K = weights.qk_circuit()  # per-head q/k norm gains folded in, where there are any
+            scores = composition_scores(W_Q, W_K, weights.W_V, weights.W_O, (mode,))[mode]
             result = CompositionScores(
-                scores.cpu(), mode=mode, folded=bool(folded), baseline=composition_baseline(self.cfg.d_model)
+                scores.cpu(),
+                mode=mode,
+                folded=bool(folded),
+                baseline=composition_baseline(self.cfg.d_model),
+                notes=self._qk_notes() if mode in ("Q", "K") else [],
             )
             cached = (weights, result)
             self._composition[(mode, bool(folded))] = cached

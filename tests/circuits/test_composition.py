@@ -147,6 +147,8 @@ def test_matches_transformer_lens(variant: str, tokenizer_dir):
     raw = model.head_weights(folded=False)
     ours = composition_scores(raw.W_Q, raw.W_K, raw.W_V, raw.W_O)  # before TransformerLens touches the model
     add_zero_qkv_bias_for_tl(model.hf_model)
+    # TransformerLens picks its adapter by the config's architectures (a config built here has none)
+    model.hf_model.config.architectures = [type(model.hf_model).__name__]
     # The tokenizer's folder as the model name: no alias lookup, no Hub, and nothing to log.
     bridge = TransformerBridge.boot_transformers(
         str(tokenizer_dir), hf_model=model.hf_model, tokenizer=AutoTokenizer.from_pretrained(tokenizer_dir)

@@ -38,8 +38,17 @@ def test_every_adapter_points_at_modules_that_exist():
         layer = hf.get_submodule(adapter.layers)[0]
         for path in (adapter.embed, adapter.ln_final, *([adapter.pos_embed] if adapter.pos_embed else [])):
             hf.get_submodule(path)
-        for path in (adapter.ln1, adapter.attn, adapter.mlp, adapter.q, adapter.k, adapter.v, adapter.o):
-            layer.get_submodule(path)
+        paths = (adapter.ln1, adapter.ln2, adapter.attn, adapter.mlp, adapter.q, adapter.k, adapter.v, adapter.o)
+        paths += (adapter.attn_post_norm, adapter.mlp_post_norm)
+        for path in paths:
+            if path is not None:
+                layer.get_submodule(path)
+    # q/k norms exist where the config switches them on
+    for family, extra in (("qwen3", {}), ("gemma3", {}), ("olmo2", {}), ("stable-lm", {"qk_layernorm": True})):
+        adapter = ADAPTERS[family]
+        hf = HookedAutoModel(HookedAutoConfig(family, n_layers=1, d_vocab=64, **extra)).hf_model
+        layer = hf.get_submodule(adapter.layers)[0]
+        layer.get_submodule(adapter.q_norm), layer.get_submodule(adapter.k_norm)
 
 
 def test_an_unsupported_architecture_is_refused_by_name():

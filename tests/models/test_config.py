@@ -6,11 +6,13 @@ import pytest
 
 from arrakis import HookedAutoConfig, HookedAutoModel, UnsupportedArchitectureError, supported_families
 
-FAMILIES = ["gpt2", "gpt-neo", "gpt-neox", "llama", "gemma", "phi3", "qwen2", "mistral", "stable-lm"]
-GQA_FAMILIES = {"llama", "gemma", "phi3", "qwen2", "mistral", "stable-lm"}
+ORIGINAL = ["gpt2", "gpt-neo", "gpt-neox", "llama", "gemma", "phi3", "qwen2", "mistral", "stable-lm"]
+LATER = ["gemma2", "gemma3", "qwen3", "olmo2"]
+FAMILIES = ORIGINAL + LATER
+GQA_FAMILIES = {"llama", "gemma", "phi3", "qwen2", "mistral", "stable-lm", *LATER}
 
 
-def test_the_nine_families_of_the_original_are_supported():
+def test_the_nine_families_of_the_original_and_the_later_ones_are_supported():
     assert supported_families() == FAMILIES
 
 

@@ -34,10 +34,38 @@ def test_the_parts_add_up_to_the_post_attention_residual(variant):
         # [head, q, k] x [k, head, D] -> [q, D]: every head's contribution from every key
         heads = torch.einsum("hqk,khm->qm", pattern, value_out)
         whole = cache["resid_pre", layer][0] + heads + w.b_O[layer]
+        if model.cfg.attn_post_norm:  # the parts add up to what enters the post-norm
+            expected = cache["resid_pre", layer][0] + cache[f"blocks.{layer}.ln1_post.hook_in"][0]
+            torch.testing.assert_close(whole, expected, atol=1e-5, rtol=0)
+            continue
         expected = cache["resid_pre", layer][0] + cache["attn_out", layer][0]
         torch.testing.assert_close(whole, expected, atol=1e-5, rtol=0)
         if not model.cfg.parallel_residual:
             torch.testing.assert_close(whole, cache["resid_mid", layer][0], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("variant", ["gemma2", "gemma3", "olmo2"])
+def test_post_normed_parts_with_the_scale_frozen_add_up_to_attn_out(variant):
+    """g * (sum_h sum_j A v_j W_O + b_O) / s_i, s_i the clean RMS of what enters the post-norm,
+    is exactly hook_attn_out: the routes' parts as they enter the residual."""
+    from arrakis.tools.flow_routes import _post_norm
+
+    model = shared(variant)
+    ids = torch.randint(0, model.cfg.d_vocab, (1, 10), generator=torch.Generator().manual_seed(0))
+    _, cache = model.run_with_cache(ids)
+    w = model.head_weights()
+    for layer in range(model.cfg.n_layers):
+        into = cache[f"blocks.{layer}.ln1_post.hook_in"][0]
+        gain, scale = _post_norm(model, layer, into)
+        pattern, v = cache["pattern", layer][0], cache["v", layer][0]
+        value_out = torch.einsum("khd,hdm->khm", v, w.W_O[layer]) * gain  # [k, head, D]
+        parts = torch.einsum("hqk,khm->qm", pattern / scale[None, :, None], value_out)
+        whole = parts + gain * w.b_O[layer] / scale[:, None]
+        torch.testing.assert_close(whole, cache["attn_out", layer][0], atol=1e-4, rtol=1e-4)
+    flow = WriteReadAnalyzer(model).trace_information_flow(ids, src_pos=2, dst_pos=9, method="routes")
+    for lf in flow.layers:
+        total = lf.residual_share + lf.bias_share + sum(h.importance_total for h in lf.heads)
+        assert total == pytest.approx(1.0, abs=1e-5)
 
 
 def test_importances_are_non_negative_and_sum_to_one_and_follow_proximity():

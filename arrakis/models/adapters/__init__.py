@@ -5,13 +5,28 @@ Adding a family is one small file declaring a :class:`FamilyAdapter` and one lin
 
 from __future__ import annotations
 
-from arrakis.models.adapters import gemma, gpt2, gpt_neo, gpt_neox, llama, mistral, phi3, qwen2, stablelm
+from arrakis.models.adapters import (
+    gemma,
+    gemma2,
+    gemma3,
+    gpt2,
+    gpt_neo,
+    gpt_neox,
+    llama,
+    mistral,
+    olmo2,
+    phi3,
+    qwen2,
+    qwen3,
+    stablelm,
+)
 from arrakis.models.adapters.base import FamilyAdapter, qkv_index
 
 __all__ = ["ADAPTERS", "FamilyAdapter", "UnsupportedArchitectureError", "adapter_for", "qkv_index"]
 
 ADAPTERS: dict[str, FamilyAdapter] = {
-    m.ADAPTER.family: m.ADAPTER for m in (gpt2, gpt_neo, gpt_neox, llama, gemma, phi3, qwen2, mistral, stablelm)
+    m.ADAPTER.family: m.ADAPTER
+    for m in (gpt2, gpt_neo, gpt_neox, llama, gemma, phi3, qwen2, mistral, stablelm, gemma2, gemma3, qwen3, olmo2)
 }
 _BY_NAME: dict[str, FamilyAdapter] = {name: a for a in ADAPTERS.values() for name in a.names}
 

@@ -22,6 +22,11 @@ import torch
 
 QKVLayout = Literal["separate", "concat", "interleaved"]
 NormKind = Literal["layernorm", "rmsnorm"]
+# How a per-head q/k norm module sees q (or k): [batch, pos, head, d_head] ("pos_head", Qwen3),
+# [batch, head, pos, d_head] ("head_pos", Gemma 3), [batch, pos, head * d_head] normalised over
+# all heads at once ("flat", OLMo-2), or one norm module per head ("per_head_modules", StableLM's
+# ``norms.{h}``, inputs [batch, head, pos, d_head]).
+QKNormLayout = Literal["pos_head", "head_pos", "flat", "per_head_modules"]
 CHANNELS = ("q", "k", "v")
 
 # Names of the shape fields every adapter maps onto its Hugging Face config.
@@ -43,7 +48,7 @@ class FamilyAdapter:
     embed: str
     ln_final: str
     # layer paths
-    ln1: str
+    ln1: str | None  # the norm before attention; None where attention reads the residual itself (OLMo-2)
     ln2: str | None  # the norm before the MLP; None where the family has none
     attn: str  # the module returning (attn_out, pattern)
     mlp: str
@@ -63,6 +68,16 @@ class FamilyAdapter:
     parallel_residual_field: str | None = None  # config flag: attn and MLP both read resid_pre
     mlp_ratio_if_unset: int | None = None  # d_mlp = ratio * d_model when the config leaves it None
     aliases: tuple[str, ...] = ()
+    # per-head q/k norms (layer paths); qk_norm_field names a config flag that switches them on
+    q_norm: str | None = None
+    k_norm: str | None = None
+    qk_norm_layout: QKNormLayout = "pos_head"
+    qk_norm_kind: NormKind = "rmsnorm"
+    qk_norm_gain_offset: float = 0.0  # Gemma 3's q/k norms scale by (1 + w) too
+    qk_norm_field: str | None = None
+    # post-norms: the attention (MLP) output normalised before it is added to the residual
+    attn_post_norm: str | None = None
+    mlp_post_norm: str | None = None
     # fills config fields that depend on others (e.g. GPT-Neo's per-layer attention types)
     derive: Callable[[dict[str, Any]], dict[str, Any]] | None = field(default=None, compare=False)
 

@@ -1,6 +1,8 @@
 """StableLM: as llama, but LayerNorm, partial rotary, optional q/k/v biases
 (``use_qkv_bias``) and an optional parallel residual (``use_parallel_residual``), in which
 the MLP reads the same ``input_layernorm`` output as attention and there is no second norm.
+With ``qk_layernorm``, q and k are LayerNorm-ed per head over d_head, each head by its own
+module (``self_attn.q_layernorm.norms.{h}``), on [batch, head, pos, d_head].
 """
 
 from arrakis.models.adapters._common import DERIVED_HEAD_DIM_FIELDS, LLAMA_PATHS, SMALL
@@ -16,4 +18,9 @@ ADAPTER = FamilyAdapter(
     defaults=SMALL,
     norm="layernorm",
     parallel_residual_field="use_parallel_residual",
+    q_norm="self_attn.q_layernorm",
+    k_norm="self_attn.k_layernorm",
+    qk_norm_layout="per_head_modules",
+    qk_norm_kind="layernorm",
+    qk_norm_field="qk_layernorm",
 )

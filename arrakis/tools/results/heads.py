@@ -115,11 +115,14 @@ class CompositionScores(torch.Tensor):
     mode: str
     folded: bool
     baseline: float
+    notes: list[str]  # what the weight-based score leaves out (rotary, q/k norm scales)
 
     @staticmethod
-    def __new__(cls, scores: Tensor, *, mode: str, folded: bool, baseline: float) -> CompositionScores:
+    def __new__(
+        cls, scores: Tensor, *, mode: str, folded: bool, baseline: float, notes: list[str] | None = None
+    ) -> CompositionScores:
         obj = torch.Tensor._make_subclass(cls, scores.detach())
-        obj.mode, obj.folded, obj.baseline = mode, folded, float(baseline)
+        obj.mode, obj.folded, obj.baseline, obj.notes = mode, folded, float(baseline), list(notes or [])
         return obj
 
     @classmethod
@@ -143,7 +146,13 @@ class CompositionScores(torch.Tensor):
         return out
 
     def to_dict(self) -> dict[str, Any]:
-        return {"mode": self.mode, "folded": self.folded, "baseline": self.baseline, "scores": self.tensor.tolist()}
+        return {
+            "mode": self.mode,
+            "folded": self.folded,
+            "baseline": self.baseline,
+            "notes": self.notes,
+            "scores": self.tensor.tolist(),
+        }
 
     def plot(self) -> Figure:
         """The (L*H) x (L*H) writer x reader matrix, colours diverging at the baseline."""
@@ -159,7 +168,7 @@ class CompositionScores(torch.Tensor):
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CompositionScores:
         scores = torch.tensor(data["scores"], dtype=torch.float32)
-        return cls(scores, mode=data["mode"], folded=data["folded"], baseline=data["baseline"])
+        return cls(scores, mode=data["mode"], folded=data["folded"], baseline=data["baseline"], notes=data.get("notes"))
 
     def __repr__(self) -> str:
         n_layers, n_heads = self.shape[:2]
