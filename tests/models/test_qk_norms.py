@@ -46,7 +46,10 @@ def independently_normed(model, raw: torch.Tensor, layer: int, channel: str) -> 
 
 @pytest.mark.parametrize("variant", QK_NORM)
 def test_the_q_k_norm_hooks_hold_the_normalised_q_and_k(variant):
-    model = shared(variant)
+    q_k_norm_hooks_hold(shared(variant))
+
+
+def q_k_norm_hooks_hold(model) -> None:
     c = model.cfg
     _, cache = model.run_with_cache(prompt(c.d_vocab))
     for layer in range(c.n_layers):
@@ -66,7 +69,10 @@ def test_the_q_k_norm_hooks_hold_the_normalised_q_and_k(variant):
 def test_the_gain_folded_qk_circuit_is_the_attention_logit_up_to_the_per_token_scales(variant):
     """q^_i . k^_j (what the dot product sees, before rotary) times the two norms' per-token
     scales equals x~_i QK[h] x~_j^T with QK = W_Q diag(g_q g_k) W_K^T (centred for LayerNorm)."""
-    model = shared(variant)
+    gain_folded_qk_is_the_logit(shared(variant))
+
+
+def gain_folded_qk_is_the_logit(model, atol: float = 1e-4, rtol: float = 1e-4) -> None:
     c, a = model.cfg, model.adapter
     _, cache = model.run_with_cache(prompt(c.d_vocab))
     W_Q, W_K = model.head_weights(folded=False).qk_circuit()
@@ -89,7 +95,7 @@ def test_the_gain_folded_qk_circuit_is_the_attention_logit_up_to_the_per_token_s
             )
         logits = torch.einsum("bihk,bjhk->bhij", q_n, k_n)  # [batch, head, i, j]
         rescaled = logits * s_q.transpose(1, 2)[..., :, None] * s_k.transpose(1, 2)[..., None, :]
-        torch.testing.assert_close(rescaled, bilinear, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(rescaled, bilinear, atol=atol, rtol=rtol)
 
 
 @pytest.mark.parametrize("variant", ["olmo2", "stable-lm-qk-norm"])
@@ -142,3 +148,29 @@ def test_the_whole_tool_runs_on_a_tiny_model_of_each_later_family(variant):
         assert exact == pytest.approx(float(log_p[target] - log_p_knocked[target]), abs=1e-4)
     html = Report(model, prompt=ids, src=int(ids[0, 2]), dst=int(ids[0, 10])).to_html()
     assert "Information flow" in html and "Composition" in html
+
+
+def test_a_multimodal_gemma3_checkpoint_is_analysed_through_its_text_model(tmp_path):
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3TextConfig, SiglipVisionConfig
+
+    from arrakis import HookedAutoModel
+
+    torch.manual_seed(0)
+    text = Gemma3TextConfig(
+        num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+        head_dim=16, vocab_size=512, sliding_window=6,
+    )  # fmt: skip
+    vision = SiglipVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=32, patch_size=8
+    )
+    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4, image_token_index=500)
+    wrapper = Gemma3ForConditionalGeneration(config).eval()
+    ids = prompt(512)
+    with torch.no_grad():
+        expected = wrapper(input_ids=ids).logits
+    model = HookedAutoModel.from_hf(wrapper)
+    assert model.cfg.family == "gemma3" and model.cfg.qk_norm == "head"
+    # (the wrapper ran with its default attention kernel, the hooked model with eager attention)
+    torch.testing.assert_close(model(ids)[0].logits, expected, atol=1e-5, rtol=1e-5)
+    wrapper.save_pretrained(tmp_path)  # and from a folder, as a real checkpoint comes
+    torch.testing.assert_close(HookedAutoModel.from_pretrained(tmp_path)(ids)[0].logits, expected, atol=1e-5, rtol=1e-5)
