@@ -9,6 +9,8 @@
     arrakis circuits [--model PATH] [--mode K] [--writer-role R] [--reader-role R]
     arrakis flow --prompt TEXT --src TOKEN --dst TOKEN [--layers N] [--method M] [--target T]
                                          [--foil F] [--verify | --verify-all]
+    arrakis attribute --prompt TEXT [--token T] [--foil F] [--pos P]
+                                         signed direct logit attribution of every head
     arrakis report --out FILE [--model PATH] [--prompt TEXT --src TOKEN --dst TOKEN]
     arrakis summary [FAMILY ...]         shape summaries of the small random models
     arrakis experiments list|show|export [--save-dir DIR]
@@ -34,6 +36,7 @@ from arrakis.models import HookedAutoConfig, HookedAutoModel, ModelNotFoundError
 from arrakis.models.loading import EMBEDDED_FILE, GEMMA3_FILE, GEMMA3_PACKAGES, cache_dir, embedded_model_path
 from arrakis.tools import WriteReadAnalyzer
 from arrakis.tools.flow_question import induction_question
+from arrakis.tools.logit_attribution import resolve_pos
 
 ROLE_THRESHOLD = 0.3  # a head counts as previous-token / induction at this score or above
 
@@ -250,6 +253,37 @@ def cmd_flow(args: argparse.Namespace) -> Any:
     return flow.to_dict(), flow_text(flow)
 
 
+def attribution_text(result: Any, n: int = 6) -> str:
+    """A logit attribution as lines of text: writers, suppressors, the other components."""
+
+    def heads(items: list) -> str:
+        return ", ".join(f"L{layer}H{head} {float(result.heads[layer, head]):+.3f}" for layer, head in items[:n]) or "-"
+
+    parts = sorted(result.components.items(), key=lambda item: -abs(item[1]))[:n]
+    return "\n".join(
+        [
+            result.describe(),
+            "writers: " + heads(result.writers),
+            "suppressors: " + heads(result.suppressors),
+            "other components: " + ", ".join(f"{name} {value:+.3f}" for name, value in parts),
+            f"all contributions add up to {result.total:.3f}",
+            *result.notes,
+        ]
+    )
+
+
+def cmd_attribute(args: argparse.Namespace) -> Any:
+    model = load_model(args.model)
+    tool = WriteReadAnalyzer(model)
+    ids = model.to_tokens(args.prompt)
+    token = args.token
+    if token is None:  # the model's own top prediction at that position
+        pos = resolve_pos(args.pos, ids.shape[1])
+        token = int(model(ids)[0].logits[0, pos].argmax())
+    result = tool.logit_attribution(ids, token, pos=args.pos, foil=args.foil)
+    return result.to_dict(), attribution_text(result)
+
+
 def cmd_report(args: argparse.Namespace) -> Any:
     from arrakis.report import Report
 
@@ -348,6 +382,11 @@ def build_parser() -> Parser:
     flow.add_argument("--foil", default=None, help="measure logit(target) - logit(foil) instead")
     flow.add_argument("--verify", action="store_true", help="exact knockouts of the top heads, each layer, all layers")
     flow.add_argument("--verify-all", action="store_true", help="exact knockout of every head's edge")
+    attribute = with_model(command("attribute", "which heads write a token's logit (signed)", cmd_attribute))
+    attribute.add_argument("--prompt", required=True)
+    attribute.add_argument("--token", default=None, help="the token (one token; default: the top prediction)")
+    attribute.add_argument("--foil", default=None, help="attribute logit(token) - logit(foil) instead")
+    attribute.add_argument("--pos", type=int, default=-1, help="the position (default: the last)")
     report = with_model(command("report", "a self-contained HTML report", cmd_report))
     report.add_argument("--out", required=True, help="the HTML file to write")
     report.add_argument("--prompt", default=None, help="a prompt for the flow trace")

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from arrakis.models import HookedAutoModel
 from arrakis.tools import WriteReadAnalyzer
 from arrakis.tools.flow_question import induction_question, resolve_positions
-from arrakis.viz.html import information_flow_html
+from arrakis.viz.html import information_flow_html, logit_attribution_html
 
 logger = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class Report:
 
     def sections(self) -> list[Section]:
         if self._sections is None:
-            steps = [self._model_card, self._write_heads, self._roles, self._composition, self._flow]
+            steps = [self._model_card, self._write_heads, self._attribution, self._roles, self._composition, self._flow]
             self._sections = [step() for step in tqdm(steps, desc="report", unit="section", leave=False)]
         return self._sections
 
@@ -150,6 +150,20 @@ class Report:
                 [[f"L{layer}H{h}", f"{reads.scores[h]:.3f}", f"{reads.shares[h]:.0%}"] for layer, h in reads],
             )
         return Section("Composition and circuits", body, figures)
+
+    def _attribution(self) -> Section:
+        """Which heads write the prediction at dst (the flow's question), signed."""
+        ids, src, dst, described = self._flow_question()
+        logits = self.model(ids[:, : dst + 1])[0].logits[0, dst]
+        token = int(ids[0, src]) if self.prompt is None else int(logits.argmax())
+        result = self.tool.logit_attribution(ids[:, : dst + 1], token, pos=dst)
+        body = (
+            f"<p>{html.escape(described)}. Direct logit attribution of the token at position {dst}: each head's "
+            "output as it stands in the final residual stream, through the final norm (its scale frozen) and "
+            "the unembedding; positive heads write the token, negative heads suppress it, and with the other "
+            "components they add up to the logit.</p>" + logit_attribution_html(result)
+        )
+        return Section("Logit attribution", body, [figure_data_uri(result.plot())])
 
     def _flow(self) -> Section:
         ids, src, dst, described = self._flow_question()

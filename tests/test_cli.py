@@ -86,6 +86,17 @@ def test_heads_and_circuits_on_the_embedded_model():
 
 
 @pytest.mark.slow
+def test_attribute_names_the_writers_and_suppressors_of_a_token():
+    result = run("attribute", "--prompt", "The capital of France is", "--token", " Paris", "--json")
+    assert result.returncode == 0, result.stderr
+    data = json.loads(result.stdout)
+    assert data["token_str"] == " Paris" and data["total"] == pytest.approx(data["logit"], abs=1e-3)
+    assert [29, 0] in data["suppressors"][:3] and [29, 0] not in data["writers"]
+    bad = run("attribute", "--prompt", "The capital of France is", "--pos", "9")
+    assert bad.returncode == 2 and "pos 9 is out of range: the prompt has 5 positions" in bad.stderr
+
+
+@pytest.mark.slow
 def test_flow_traces_a_prompt_and_verifies_it():
     prompt = "When Mary and John went to the store, John gave a drink to"
     result = run("flow", "--prompt", prompt, "--src", " Mary", "--dst", " to", "--verify", "--json")

@@ -187,3 +187,18 @@ def test_induction_flow_is_carried_by_induction_heads_and_verification_agrees(to
     top = next(r for r in record["heads"] if (r["layer"], r["head"]) == flow.top_heads[0])
     assert top["exact"] > 0.05 and top["estimate"] > 0
     assert record["spearman_layers"] > 0.8
+
+
+def test_logit_attribution_of_paris_adds_up_and_keeps_the_sign(tool, smollm):
+    """'The capital of France is' -> ' Paris': L29H0 suppresses ' Paris' (-1.61 by a hand
+    computation of (z W_O / s) . (g * W_U[:, Paris]) when this was filed), so it must not be
+    listed as a writer of its layer, as the unsigned |<z W_O, u>| score did."""
+    ids = smollm.to_tokens("The capital of France is")
+    result = tool.logit_attribution(ids, " Paris")
+    logits = smollm(ids)[0].logits[0, -1]
+    assert result.logit == pytest.approx(float(logits[smollm.to_tokens(" Paris")[0, 0]]), abs=1e-3)
+    assert result.total == pytest.approx(result.logit, abs=1e-3)
+    assert float(result.heads[29, 0]) == pytest.approx(-1.61, abs=0.01)
+    assert (29, 0) in result.suppressors[:3]
+    writers = tool.identify_write_heads(29, input_ids=ids, token=" Paris")
+    assert (29, 0) not in writers and (29, 0) in writers.extra["suppressors"]

@@ -221,6 +221,48 @@ class HookedAutoModel(nn.Module):
             return embedding
         return self.hf_model.get_input_embeddings().weight.detach()
 
+    @property
+    def W_E(self) -> Tensor:
+        """The token embeddings as they enter the residual stream, [d_vocab, d_model] (Gemma's
+        embedding scale sqrt(d_model) applied)."""
+        weight = self.input_embeddings()
+        if self.hf_model is None:
+            return weight
+        scale = getattr(self.hf_model.get_input_embeddings(), "embed_scale", None)
+        return weight * scale.to(weight) if isinstance(scale, Tensor) else weight
+
+    def final_norm(self) -> tuple[Tensor, Tensor | None]:
+        """The final norm's gain (Gemma: 1 + w) [d_model] and bias (LayerNorm) or None."""
+        self._require_forward()
+        norm = module_at(self.hf_model, self.adapter.ln_final)
+        bias = getattr(norm, "bias", None)
+        return (
+            norm.weight.detach().float() + self.adapter.norm_gain_offset,
+            None if bias is None else bias.detach().float(),
+        )
+
+    @property
+    def W_U(self) -> Tensor:
+        """The unembedding folded with the final norm's gain, [d_model, d_vocab]: logits =
+        standardised(resid_final) @ W_U + b_U (LayerNorm: rows centred over d_model, as the
+        standardised input has zero mean). TransformerLens's ``W_U`` after ``fold_ln``."""
+        gain, _ = self.final_norm()
+        W = self.hf_model.get_output_embeddings().weight.detach().float().T  # [d_vocab, d_model] -> [d_model, d_vocab]
+        W = gain[:, None] * W
+        return W - W.mean(0, keepdim=True) if self.cfg.norm == "layernorm" else W
+
+    @property
+    def b_U(self) -> Tensor:
+        """The unembedding bias [d_vocab], with the final LayerNorm's bias folded in (beta W_U)."""
+        head = self.hf_model.get_output_embeddings()
+        _, beta = self.final_norm()
+        bias = torch.zeros(self.cfg.d_vocab, device=self.device)
+        if getattr(head, "bias", None) is not None:
+            bias = bias + head.bias.detach().float()
+        if beta is not None:
+            bias = bias + beta @ head.weight.detach().float().T
+        return bias
+
     def hook_names(self) -> list[str]:
         """Every hook name this model can cache, in forward order."""
         return list(self._hook_names)

@@ -31,6 +31,24 @@ def token_id(model: HookedAutoModel, token: Any, what: str) -> int:
     return check_index(token, model.cfg.d_vocab, what, "tokens in its vocabulary")
 
 
+def pick_row(model: HookedAutoModel, input_ids: Any, attention_mask: Any, batch_index: int | None) -> tuple:
+    """Checked (ids, mask or None, batch_index): one prompt of a batch, which must be named
+    when the batch holds several."""
+    ids = model.check_input_ids(input_ids)
+    mask = check_attention_mask(attention_mask, ids)
+    if batch_index is None:
+        if ids.shape[0] != 1:
+            raise ValueError(f"input_ids holds a batch of {ids.shape[0]} sequences; pass batch_index= to pick one")
+        batch_index = 0
+    return ids, mask, check_index(batch_index, ids.shape[0], "batch_index", "sequences in the batch")
+
+
+def one_prompt(model: HookedAutoModel, input_ids: Any, attention_mask: Any, batch_index: int | None) -> Tensor:
+    """One prompt [1, pos] without its padding."""
+    ids, mask, batch_index = pick_row(model, input_ids, attention_mask, batch_index)
+    return real_rows(ids, mask, batch_index)
+
+
 def resolve_positions(
     model: HookedAutoModel,
     input_ids: Any,
@@ -44,13 +62,7 @@ def resolve_positions(
     """The one sequence to analyse ([1, pos], without padding) and the src and dst positions
     in it. With an ``attention_mask``, positions given count the padded row's columns and
     are returned counting the prompt's real tokens (as if it ran alone)."""
-    ids = model.check_input_ids(input_ids)
-    mask = check_attention_mask(attention_mask, ids)
-    if batch_index is None:
-        if ids.shape[0] != 1:
-            raise ValueError(f"input_ids holds a batch of {ids.shape[0]} sequences; pass batch_index= to pick one")
-        batch_index = 0
-    batch_index = check_index(batch_index, ids.shape[0], "batch_index", "sequences in the batch")
+    ids, mask, batch_index = pick_row(model, input_ids, attention_mask, batch_index)
     if mask is not None:
         keep = mask[batch_index].bool()
         real = (keep.cumsum(0) - 1).tolist()

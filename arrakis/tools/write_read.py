@@ -39,6 +39,7 @@ from arrakis.tools.base import (
     check_threshold,
 )
 from arrakis.tools.data_stats import fingerprint
+from arrakis.tools.flow_question import one_prompt, token_id
 from arrakis.tools.information_flow import (
     METHODS,
     InformationFlow,
@@ -47,7 +48,9 @@ from arrakis.tools.information_flow import (
     resolve_positions,
     trace,
 )
+from arrakis.tools.logit_attribution import logit_attribution, resolve_pos
 from arrakis.tools.results import Circuit, CircuitEdge, CompositionScores, HeadRoles, HeadSelection
+from arrakis.tools.results.attribution import LogitAttribution
 
 logger = logging.getLogger(__name__)
 
@@ -75,8 +78,16 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         attention_mask: Tensor | None = None,
         direction: Tensor | None = None,
         batch_size: int | None = None,
+        token: int | str | None = None,
+        pos: int = -1,
+        foil: int | str | None = None,
     ) -> HeadSelection:
         """The heads of a layer that make up ``threshold`` of its writing (DESIGN.md §4).
+
+        With ``token`` (and ``input_ids``: one prompt): the heads that write that token's logit
+        at ``pos`` by signed direct logit attribution (``logit_attribution``); shares are over
+        the writers (positive heads), and the suppressors stand beside them in
+        ``extra["suppressors"]``, with every head's signed score in ``scores``.
 
         Scores: ||OV[h]||_F from the folded weights; with ``input_ids`` (ids with an optional
         ``attention_mask``, or a dataset of prompts; see ``write_scores``), the mean size of
@@ -87,6 +98,12 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         """
         layer = check_layer(layer_idx, self.cfg.n_layers)
         threshold = check_threshold(threshold)
+        if token is not None:
+            if input_ids is None:
+                raise ValueError("token= attributes a logit on a prompt: pass input_ids too")
+            if direction is not None:
+                raise ValueError("give token= or direction=, not both")
+            return self._token_writers(layer, threshold, input_ids, attention_mask, token, pos, foil)
         u = None if direction is None else check_direction(direction, self.cfg.d_model)
         if input_ids is None:
             if attention_mask is not None:
@@ -99,6 +116,21 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
             scores = self.write_scores(input_ids, attention_mask, direction=u, batch_size=batch_size)[layer]
             method = "data"
         return self._select(layer, scores, threshold, method + ("-direction" if u is not None else ""))
+
+    def _token_writers(self, layer, threshold, input_ids, attention_mask, token, pos, foil) -> HeadSelection:
+        attribution = self.logit_attribution(input_ids, token, pos, foil, attention_mask)
+        signed = attribution.heads[layer]
+        selection = self._select(layer, signed.clamp_min(0), threshold, "logit-attribution")
+        selection.scores = signed.tolist()  # signed: the suppressors keep their sign
+        selection.extra = {
+            **(selection.extra or {}),
+            "token": attribution.token,
+            "foil": attribution.foil,
+            "pos": attribution.pos,
+            "suppressors": [h for h in attribution.suppressors if h[0] == layer],
+        }
+        selection.notes.append("scores are signed direct logit attributions; shares are over the positive ones")
+        return selection
 
     def write_scores(
         self,
@@ -137,6 +169,32 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
             while len(self._data) > 8:
                 self._data.pop(next(iter(self._data)))
         return entry[1]
+
+    def logit_attribution(
+        self,
+        input_ids: Any,
+        token: int | str,
+        pos: int = -1,
+        foil: int | str | None = None,
+        attention_mask: Tensor | None = None,
+        *,
+        batch_index: int | None = None,
+    ) -> LogitAttribution:
+        """Which heads write ``token``'s logit at ``pos`` (default: the last position), signed:
+        direct logit attribution of every head, every layer's b_O and MLP, the embeddings and
+        the biases, with the final norm's per-token scale frozen at its clean value
+        (DESIGN.md §4). With ``foil``, the logit difference token - foil. The contributions
+        add up to the logit (difference). Positive heads write the token (``writers``),
+        negative ones suppress it (``suppressors``). A padded batch: pick a prompt with
+        ``batch_index`` and pass its ``attention_mask``; ``pos`` counts its real tokens.
+        """
+        ids = one_prompt(self.model, input_ids, attention_mask, batch_index)
+        target = token_id(self.model, token, "token")
+        other = None if foil is None else token_id(self.model, foil, "foil")
+        if other == target:
+            raise ValueError(f"foil {foil!r} is the same token as {token!r} (id {target}); pick another foil")
+        position = resolve_pos(pos, ids.shape[1])
+        return logit_attribution(self.model, ids, target, position, other)
 
     # -- read heads --------------------------------------------------------------------------
 

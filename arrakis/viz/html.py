@@ -16,6 +16,7 @@ from arrakis.viz.common import head_name
 
 if TYPE_CHECKING:
     from arrakis.tools.results import Circuit, CompositionScores, HeadRoles, HeadSelection
+    from arrakis.tools.results.attribution import LogitAttribution
     from arrakis.tools.results.flow import InformationFlow
 
 CELL = "padding:1px 8px;text-align:right"
@@ -224,3 +225,16 @@ def _verification_line(verification: dict[str, Any]) -> str:
         k, overlap = verification["top_overlap"]["k"], verification["top_overlap"]["overlap"]
         text += f"; of the top {k} heads by estimate, {overlap} are in the top {k} by exact drop"
     return text
+
+
+def logit_attribution_html(result: LogitAttribution, n: int = 8) -> str:
+    """The strongest writers and suppressors, the largest other components, and the check sum."""
+    rows = [(head_name(h), f"{float(result.heads[h]):+.4f}", "writes") for h in result.writers[:n]]
+    rows += [(head_name(h), f"{float(result.heads[h]):+.4f}", "suppresses") for h in result.suppressors[:n]]
+    parts = sorted(result.components.items(), key=lambda item: -abs(item[1]))[:n]
+    return panel(
+        "LogitAttribution",
+        [result.describe(), f"all contributions add up to {result.total:.4f}", *result.notes],
+        table(("head", "contribution", ""), rows),
+        table(("component", "contribution"), [(name, f"{value:+.4f}") for name, value in parts]),
+    )

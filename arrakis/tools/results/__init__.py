@@ -2,6 +2,7 @@
 (``heads``: selections, composition scores, head roles, circuits; ``flow``: an information-
 flow trace). Each has ``to_dict()``/``from_dict()``, ``plot()`` and ``_repr_html_``."""
 
+from arrakis.tools.results.attribution import LogitAttribution
 from arrakis.tools.results.flow import FlowPath, HeadFlow, Hop, InformationFlow, LayerFlow
 from arrakis.tools.results.heads import Circuit, CircuitEdge, CompositionScores, Head, HeadRoles, HeadSelection
 
@@ -17,4 +18,5 @@ __all__ = [
     "Hop",
     "InformationFlow",
     "LayerFlow",
+    "LogitAttribution",
 ]

@@ -1,0 +1,89 @@
+"""``write_read.logit_attribution``: the signed direct logit attribution of every head and
+every other component at one position (the mathematics: ``arrakis.circuits.logit_attribution``).
+
+One forward pass keeps, at that position only, each layer's z (and, with post-norms, what
+enters the attention post-norm), each MLP's output, the embeddings and the final residual.
+Where attention's output is normalised before the residual add, each head's part is taken
+as it enters the residual, g * z[h] W_O[h] / s with the post-norm's per-token scale s frozen
+(DESIGN.md §3), so the parts still add up.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from arrakis.circuits.logit_attribution import contributions, final_scale
+from arrakis.models import HookedAutoModel
+from arrakis.models.adapters.base import module_at
+from arrakis.tools.results.attribution import LogitAttribution
+
+
+def logit_attribution(model: HookedAutoModel, ids: Tensor, token: int, pos: int, foil: int | None) -> LogitAttribution:
+    """Direct logit attribution of ``token`` (minus ``foil``) at ``pos`` of one prompt ``ids`` [1, pos]."""
+    cfg, a = model.cfg, model.adapter
+    last = cfg.n_layers - 1
+    names = ["hook_embed", f"blocks.{last}.hook_resid_post", "ln_final.hook_normalized"]
+    names += ["hook_pos_embed"] if cfg.positional == "learned" else []
+    for layer in range(cfg.n_layers):
+        names += [f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_mlp_out"]
+        names += [f"blocks.{layer}.ln1_post.hook_in"] if cfg.attn_post_norm else []
+    _, cache = model.run_with_cache(ids, names=names, transform=lambda name, t: t[0, pos].float())
+    W_U, b_U = model.W_U, model.b_U
+    direction = W_U[:, token] - (W_U[:, foil] if foil is not None else 0)
+    bias = float(b_U[token] - (b_U[foil] if foil is not None else 0))
+    scale = final_scale(cache[f"blocks.{last}.hook_resid_post"], cfg.norm, cfg.norm_eps)
+
+    def direct(parts: Tensor) -> Tensor:
+        return contributions(parts, scale, direction.to(parts.device), cfg.norm)
+
+    weights = model.head_weights(folded=False)
+    heads = torch.zeros(cfg.n_layers, cfg.n_heads)
+    components: dict[str, float] = {"embed": float(direct(cache["hook_embed"]))}
+    if "hook_pos_embed" in cache:
+        components["pos_embed"] = float(direct(cache["hook_pos_embed"]))
+    blocks = module_at(model.hf_model, a.layers)
+    for layer in range(cfg.n_layers):
+        z = cache[f"blocks.{layer}.attn.hook_z"]  # [head, d_head]
+        W_O, b_O = weights.W_O[layer].float().to(z.device), weights.b_O[layer].float().to(z.device)
+        parts = torch.einsum("hk,hkd->hd", z, W_O)  # [head, d_head] x [head, d_head, D] -> [head, D]
+        if cfg.attn_post_norm:  # as it enters the residual: g * part / s, s frozen
+            into = cache[f"blocks.{layer}.ln1_post.hook_in"]
+            norm = module_at(blocks[layer], a.attn_post_norm)
+            gain = norm.weight.detach().float().to(z.device) + a.norm_gain_offset
+            post_scale = (into.pow(2).mean() + cfg.norm_eps).sqrt()
+            parts, b_O = gain * parts / post_scale, gain * b_O / post_scale
+        heads[layer] = direct(parts).cpu()
+        components[f"L{layer} attn bias"] = float(direct(b_O))
+        components[f"L{layer} mlp"] = float(direct(cache[f"blocks.{layer}.hook_mlp_out"]))
+    components["bias"] = bias
+    # the model's own logit (difference), from the final norm's output through the unembedding:
+    # before any final soft-capping, which is not linear in the components
+    head = model.hf_model.get_output_embeddings()
+    with torch.no_grad():
+        logits = head(cache["ln_final.hook_normalized"].to(head.weight.dtype)).float()
+    logit = float(logits[token] - (logits[foil] if foil is not None else 0))
+    notes = []
+    cap = getattr(model.hf_model.config, "final_logit_softcapping", None)
+    if cap:
+        notes.append(f"logits are soft-capped (cap * tanh(x / cap), cap {cap}); this attributes x, before capping")
+    tokenizer = model.tokenizer
+    return LogitAttribution(
+        heads,
+        components,
+        logit=logit,
+        token=token,
+        pos=pos,
+        foil=foil,
+        token_str=tokenizer.decode([token]) if tokenizer is not None else None,
+        foil_str=tokenizer.decode([foil]) if tokenizer is not None and foil is not None else None,
+        notes=notes,
+    )
+
+
+def resolve_pos(pos: Any, n_pos: int) -> int:
+    if isinstance(pos, bool) or not isinstance(pos, int) or not -n_pos <= pos < n_pos:
+        raise ValueError(f"pos {pos!r} is out of range: the prompt has {n_pos} positions ({-n_pos} to {n_pos - 1})")
+    return pos % n_pos
