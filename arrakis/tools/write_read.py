@@ -38,6 +38,7 @@ from arrakis.tools.base import (
     check_positive_int,
     check_threshold,
 )
+from arrakis.tools.circuit_verify import verify_circuit
 from arrakis.tools.data_stats import fingerprint
 from arrakis.tools.flow_question import one_prompt, token_id
 from arrakis.tools.information_flow import (
@@ -472,12 +473,24 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         top_k: int | None = 20,
         roles: HeadRoles | None = None,
         folded: bool = True,
+        verify: bool = False,
+        probe: Any = None,
+        attention_mask: Tensor | None = None,
+        n_null: int = 8,
     ) -> Circuit:
         """Writer -> reader edges scoring at least ``min_ratio`` x the baseline, with roles.
 
         ``circuits("K", writer_role="previous_token", reader_role="induction")`` is the
         induction circuit: previous-token heads whose output induction heads read as keys.
         A role filter keeps heads scoring at least ``role_threshold`` for that role.
+
+        ``verify=True`` tests each edge by path patching (DESIGN.md §6): the writer's output is
+        replaced by its mean over the probe (``probe``: ids with an optional ``attention_mask``,
+        or a dataset; by default the repeated random tokens of ``head_roles``) in the reader's
+        Q, K or V input only, and what the reader does differently is measured (Q/K: mean KL
+        of its attention rows; V: relative change of its output). Each edge gets
+        ``causal_effect`` and ``ratio_to_null``, against ``n_null`` random writer -> reader
+        pairs of the same layers; ``circuit.summary()`` says how many held.
         """
         mode = check_mode(mode)
         for role in (writer_role, reader_role):
@@ -510,6 +523,18 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
             )
             for k in order
         ]
+        verification = None
+        if verify and edges:
+            n_null = check_positive_int(n_null, "n_null")
+            if probe is None:
+                bos = getattr(self.model.tokenizer, "bos_token_id", None)
+                probe = repeated_random_tokens(self.cfg.d_vocab, 32, 2, 4, 0, bos)
+            batches = self._batches(probe, attention_mask, None)
+            ids, mask = batches[0]
+            pairs = [(e.writer, e.reader) for e in edges]
+            results, verification = verify_circuit(self.model, ids, mask, pairs, mode, n_null=n_null)
+            for edge, (effect, ratio) in zip(edges, results, strict=True):
+                edge.causal_effect, edge.ratio_to_null = effect, ratio
         return Circuit(
             edges,
             mode=mode,
@@ -518,6 +543,7 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
             writer_role=writer_role,
             reader_role=reader_role,
             role_threshold=role_threshold if (writer_role or reader_role) else None,
+            verification=verification,
         )
 
 

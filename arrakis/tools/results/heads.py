@@ -250,6 +250,8 @@ class CircuitEdge:
     ratio: float  # score / baseline
     writer_roles: dict[str, float] = field(default_factory=dict)
     reader_roles: dict[str, float] = field(default_factory=dict)
+    causal_effect: float | None = None  # path patching (verify=True): what the reader does differently
+    ratio_to_null: float | None = None  # that effect over the mean effect of random pairs of the same layers
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "writer": list(self.writer), "reader": list(self.reader)}
@@ -276,10 +278,12 @@ class Circuit(list):
         writer_role: str | None = None,
         reader_role: str | None = None,
         role_threshold: float | None = None,
+        verification: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(edges)
         self.mode, self.baseline, self.min_ratio = mode, float(baseline), float(min_ratio)
         self.writer_role, self.reader_role, self.role_threshold = writer_role, reader_role, role_threshold
+        self.verification = verification
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -290,7 +294,19 @@ class Circuit(list):
             "writer_role": self.writer_role,
             "reader_role": self.reader_role,
             "role_threshold": self.role_threshold,
+            "verification": self.verification,
         }
+
+    def summary(self) -> str:
+        """One line: how many edges, and with path patching how many held against the null."""
+        line = f"{len(self)} {self.mode}-composition edges >= {self.min_ratio:g} x baseline {self.baseline:.3f}"
+        if self.verification is not None:
+            held = sum(1 for e in self if e.ratio_to_null is not None and e.ratio_to_null > 3)
+            line += (
+                f"; path patching on {self.verification['n_tokens']} probe tokens: {held} of {len(self)} edges "
+                f"move their reader > 3x as much as random pairs of the same layers"
+            )
+        return line
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Circuit:
@@ -309,11 +325,9 @@ class Circuit(list):
         return circuit_html(self)
 
     def __repr__(self) -> str:
-        lines = [
-            f"Circuit({self.mode}-composition, {len(self)} edges >= {self.min_ratio:g} x baseline {self.baseline:.3f})"
-        ]
+        lines = [f"Circuit({self.summary()})"]
         for e in self[:10]:
-            lines.append(
-                f"  L{e.writer[0]}H{e.writer[1]} -> L{e.reader[0]}H{e.reader[1]}  {e.score:.3f} ({e.ratio:.1f}x)"
-            )
+            causal = "" if e.causal_effect is None else f"  effect {e.causal_effect:.4f} ({e.ratio_to_null:.1f}x null)"
+            edge = f"L{e.writer[0]}H{e.writer[1]} -> L{e.reader[0]}H{e.reader[1]}"
+            lines.append(f"  {edge}  {e.score:.3f} ({e.ratio:.1f}x){causal}")
         return "\n".join(lines)

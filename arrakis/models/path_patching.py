@@ -1,0 +1,116 @@
+r"""Path patching of one writer -> reader edge (Wang et al. 2022; Goldowsky-Dill et al. 2023;
+DESIGN.md §6): the writer's output z[h1] W_O[h1] is replaced by its mean over the probe
+data in the reader's channel input only, and what the reader does differently is measured.
+
+For reader head h2 of layer l2 and channel c (q, k or v), the reader's input becomes
+
+    x' = resid_pre[l2] - out[h1] + mean(out[h1])
+
+for channel c only: x~' = ln1(x') (its own norm recomputed) goes through the channel's
+projection, whose columns of h2's head (for K and V: h2's KV head) are spliced into the
+projection's clean output. Everything else (the other channels, the other heads, the
+layers before) stays clean; rotary, q/k norms, soft-capping and masks are the model's own.
+The pass stops after layer l2. ``out[h1]`` is the writer's output as it enters the residual
+(with a post-norm: g * z W_O / s, its scale frozen).
+
+Effects: for Q and K, the mean over (real) query rows of KL(clean row || patched row) of
+h2's attention pattern; for V, ||z' W_O - z W_O|| / ||z W_O|| of h2's output, averaged
+over tokens.
+"""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from arrakis.models.adapters import qkv_index
+from arrakis.models.adapters.base import module_at
+
+if TYPE_CHECKING:
+    from arrakis.models.hooked_model import HookedAutoModel
+
+
+class _StopError(Exception):
+    """Raised after the reader's layer: nothing later is needed."""
+
+
+def writer_outputs(model: HookedAutoModel, cache: Any, layer: int) -> Tensor:
+    """Every head's output of ``layer`` as it enters the residual: [batch, pos, head, d_model]."""
+    z = cache[f"blocks.{layer}.attn.hook_z"].float()
+    W_O = model.head_weights(folded=False).W_O[layer].float().to(z.device)
+    out = torch.einsum("bphk,hkd->bphd", z, W_O)  # [batch, pos, head, d_head] x [head, d_head, D]
+    if model.cfg.attn_post_norm:
+        a = model.adapter
+        norm = module_at(module_at(model.hf_model, a.layers)[layer], a.attn_post_norm)
+        gain = norm.weight.detach().float().to(z.device) + a.norm_gain_offset
+        into = cache[f"blocks.{layer}.ln1_post.hook_in"].float()
+        scale = (into.pow(2).mean(-1) + model.cfg.norm_eps).sqrt()  # [batch, pos], frozen
+        out = gain * out / scale[..., None, None]
+    return out
+
+
+def patched_reader(
+    model: HookedAutoModel,
+    inputs: dict[str, Tensor],
+    reader: tuple[int, int],
+    channel: str,
+    new_resid: Tensor,
+) -> Tensor:
+    """One forward pass with the reader's channel input computed from ``new_resid``
+    [batch, pos, d_model]; returns the reader head's pattern [batch, q, k] (channel q or k)
+    or its z [batch, pos, d_head] (channel v)."""
+    a, cfg = model.adapter, model.cfg
+    layer, head = reader
+    block = module_at(model.hf_model, a.layers)[layer]
+    projection = module_at(block, getattr(a, channel))
+    index = qkv_index(a.qkv_layout, channel, cfg.n_heads, cfg.n_kv_heads, cfg.d_head)
+    columns = index[head if channel == "q" else int(model.head_weights().kv_group[head])]
+    norm = module_at(block, a.ln1) if a.ln1 is not None else None
+    kept: dict[str, Tensor] = {}
+
+    def splice(module: nn.Module, args: tuple, out: Tensor) -> Tensor:
+        x = new_resid.to(out.dtype)
+        patched = module.forward(norm.forward(x) if norm is not None else x)  # forward(): no hooks run
+        out = out.clone()
+        out[..., columns.to(out.device)] = patched[..., columns.to(out.device)]
+        return out
+
+    def keep_pattern(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+        kept["pattern"] = out[1][:, head].detach().float()
+
+    def keep_z(module: nn.Module, args: tuple) -> None:
+        z = args[0]
+        kept["z"] = z.view(*z.shape[:-1], cfg.n_heads, cfg.d_head)[:, :, head].detach().float()
+
+    def stop(*_: Any) -> None:
+        raise _StopError
+
+    with ExitStack() as stack, torch.no_grad():
+        stack.callback(projection.register_forward_hook(splice).remove)
+        if channel == "v":
+            stack.callback(module_at(block, a.o).register_forward_pre_hook(keep_z).remove)
+        else:
+            stack.callback(module_at(block, a.attn).register_forward_hook(keep_pattern, with_kwargs=True).remove)
+        stack.callback(block.register_forward_hook(stop).remove)
+        try:
+            model.hf_model(**inputs, use_cache=False)
+        except _StopError:
+            pass
+    return kept["z" if channel == "v" else "pattern"]
+
+
+def attention_kl(clean: Tensor, patched: Tensor, rows: Tensor) -> float:
+    """Mean over the real query rows of KL(clean || patched): patterns [batch, q, k], rows [batch, q]."""
+    eps = 1e-12
+    kl = (clean * ((clean + eps).log() - (patched + eps).log())).sum(-1)  # [batch, q]
+    return float((kl * rows).sum() / rows.sum())
+
+
+def output_change(clean_z: Tensor, patched_z: Tensor, W_O: Tensor, rows: Tensor) -> float:
+    """||z' W_O - z W_O|| / ||z W_O||, the norms summed over the real tokens."""
+    clean, patched = clean_z @ W_O, patched_z @ W_O  # [batch, pos, d_head] x [d_head, D]
+    change = ((patched - clean).norm(dim=-1) * rows).sum()
+    return float(change / ((clean.norm(dim=-1) * rows).sum()).clamp_min(1e-30))
