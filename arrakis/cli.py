@@ -6,7 +6,7 @@
                                          and which heads carry an induction prediction (flow)
     arrakis heads [--model PATH] [--layer L] [--threshold T]
                                          write heads (and previous-token / induction scores)
-    arrakis circuits [--model PATH] [--mode K] [--writer-role R] [--reader-role R]
+    arrakis circuits [--model PATH] [--mode K] [--writer-role R] [--reader-role R] [--verify]
     arrakis flow --prompt TEXT --src TOKEN --dst TOKEN [--layers N] [--method M] [--target T]
                                          [--foil F] [--verify | --verify-all]
     arrakis attribute --prompt TEXT [--token T] [--foil F] [--pos P]
@@ -111,7 +111,9 @@ def analyze(model: HookedAutoModel) -> str:
     c = model.cfg
     roles = tool.head_roles()  # one forward pass serves the table and the circuit
     text, _ = heads_table(tool, list(range(c.n_layers)), 0.8, roles)
-    circuit = tool.circuits("K", writer_role="previous_token", reader_role="induction", roles=roles, top_k=10)
+    circuit = tool.circuits(
+        "K", writer_role="previous_token", reader_role="induction", roles=roles, top_k=10, verify=True
+    )
     lines = [f"{c.family}: {c.n_layers} layers x {c.n_heads} heads ({c.n_kv_heads} KV heads), d_model {c.d_model}"]
     lines += [
         text,
@@ -188,6 +190,7 @@ def cmd_circuits(args: argparse.Namespace) -> Any:
         reader_role=args.reader_role,
         min_ratio=args.min_ratio,
         top_k=args.top_k,
+        verify=args.verify,
     )
     return circuit.to_dict(), repr(circuit)
 
@@ -370,6 +373,7 @@ def build_parser() -> Parser:
     circuits.add_argument("--reader-role", default="induction", help="previous_token, duplicate_token, induction")
     circuits.add_argument("--min-ratio", type=float, default=2.0, help="keep edges scoring this many x the baseline")
     circuits.add_argument("--top-k", type=int, default=20)
+    circuits.add_argument("--verify", action="store_true", help="path-patch each edge against random pairs")
     flow = with_model(command("flow", "information flow from one token to another", cmd_flow))
     flow.add_argument("--prompt", required=True)
     flow.add_argument("--src", required=True, help="the source token (a string that is one token)")

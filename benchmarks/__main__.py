@@ -1,6 +1,7 @@
 """``make bench``: run every benchmark in this folder."""
 
 from benchmarks import (
+    bench_attribution,
     bench_batches,
     bench_composition,
     bench_hooked_forward,
@@ -13,4 +14,5 @@ if __name__ == "__main__":
     bench_composition.main()
     bench_information_flow.main()
     bench_batches.main()
+    bench_attribution.main()
     bench_large_checkpoints.main()
