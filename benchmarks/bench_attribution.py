@@ -21,16 +21,7 @@ import torch
 from arrakis import load_model
 from arrakis.circuits.roles import repeated_random_tokens
 from arrakis.tools import WriteReadAnalyzer
-
-
-def best_of(fn, repeats: int = 3) -> float:
-    fn()  # warm up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+from benchmarks.bench_hooked_forward import best_of
 
 
 def main() -> None:
@@ -43,14 +34,14 @@ def main() -> None:
         with torch.no_grad():
             return model.hf_model(input_ids=x, use_cache=False)
 
-    t_forward = best_of(lambda: forward(ids))
-    t_attr = best_of(lambda: tool.logit_attribution(ids, " Paris"))
+    t_forward = best_of(lambda: forward(ids), repeats=5)
+    t_attr = best_of(lambda: tool.logit_attribution(ids, " Paris"), repeats=5)
     print(f"logit attribution, embedded model, {ids.shape[1]} tokens")
     print(f"  plain forward pass          {t_forward * 1e3:7.1f} ms   (baseline)")
     print(f"  logit_attribution           {t_attr * 1e3:7.1f} ms   x{t_attr / t_forward:.1f} the forward pass")
 
     probe = repeated_random_tokens(model.cfg.d_vocab, 32, 2, 4, 0, model.tokenizer.bos_token_id)
-    t_probe = best_of(lambda: forward(probe))
+    t_probe = best_of(lambda: forward(probe), repeats=3)
     roles = tool.head_roles()
     circuit = tool.circuits("K", writer_role="previous_token", reader_role="induction", roles=roles, top_k=6)
     start = time.perf_counter()
