@@ -243,3 +243,15 @@ def test_activations_can_be_moved_as_they_are_captured():
     assert all(t.device.type == "meta" for t in cache.values())
     _, plain = model.run_with_cache(ids, names=["blocks.1.attn.hook_z"])
     assert plain["z", 1].device.type == "cpu" and cache["z", 1].shape == plain["z", 1].shape
+
+
+def test_w_e_and_w_u_are_what_enters_and_leaves_the_residual_stream(tiny):
+    """W_E rows are hook_embed (Gemma: scaled); standardised(final residual) @ W_U + b_U are
+    the logits before any final soft-capping."""
+    ids = prompt(tiny.cfg.d_vocab)
+    _, cache = tiny.run_with_cache(ids)
+    torch.testing.assert_close(tiny.W_E[ids], cache["hook_embed"], atol=ATOL, rtol=RTOL)
+    last = cache[f"blocks.{tiny.cfg.n_layers - 1}.hook_resid_post"]
+    standardised = standardise(last, tiny.cfg.norm, tiny.cfg.norm_eps)
+    logits = tiny.hf_model.get_output_embeddings()(cache["ln_final.hook_normalized"])
+    torch.testing.assert_close(standardised @ tiny.W_U + tiny.b_U, logits, atol=1e-4, rtol=1e-4)

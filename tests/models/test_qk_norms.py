@@ -174,3 +174,12 @@ def test_a_multimodal_gemma3_checkpoint_is_analysed_through_its_text_model(tmp_p
     torch.testing.assert_close(model(ids)[0].logits, expected, atol=1e-5, rtol=1e-5)
     wrapper.save_pretrained(tmp_path)  # and from a folder, as a real checkpoint comes
     torch.testing.assert_close(HookedAutoModel.from_pretrained(tmp_path)(ids)[0].logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_q_k_norm_with_a_bias_is_refused_by_name():
+    """A bias in a q/k norm adds logit terms a gain-folded QK cannot hold: refused, not ignored."""
+    model = build("stable-lm-qk-norm")
+    norm = model.hf_model.get_submodule(model.adapter.layers)[0].get_submodule(model.adapter.k_norm).norms[0]
+    norm.bias = torch.nn.Parameter(torch.full((model.cfg.d_head,), 0.1))
+    with pytest.raises(ValueError, match="the k norm of this stable-lm model has a bias"):
+        model.head_weights()
