@@ -23,7 +23,8 @@ def test_the_contributions_add_up_to_the_logit(variant):
     cap = getattr(model.hf_model.config, "final_logit_softcapping", None)
     if cap:  # Gemma 2: what is attributed is the logit before cap * tanh(x / cap)
         _, cache = model.run_with_cache(ids, names=["ln_final.hook_normalized"])
-        logits = model.hf_model.get_output_embeddings()(cache["ln_final.hook_normalized"])[0]
+        with torch.no_grad():
+            logits = model.hf_model.get_output_embeddings()(cache["ln_final.hook_normalized"])[0]
     for pos, token, foil in ((-1, 5, None), (4, 17, 3)):
         result = tool.logit_attribution(ids, token, pos=pos, foil=foil)
         expected = logits[pos, token] - (logits[pos, foil] if foil is not None else 0)
