@@ -134,7 +134,10 @@ def knockout_logits(
     first = min(queries, default=position)  # nothing before it changes: run that prefix once
     cfg = model.cfg
     n_run = position + 1 - first
-    per_copy = 4 * n_run * (3 * cfg.n_heads * (position + 1) + 16 * cfg.d_model)  # patterns, residual, MLP
+    keys = position + 1
+    per_copy = 4 * n_run * (3 * cfg.n_heads * keys + 16 * cfg.d_model)  # patterns, residual, MLP
+    if first > 0:  # each copy's own key/value cache, and one layer's keys and values expanded to every head
+        per_copy += 4 * 2 * keys * cfg.d_head * (cfg.n_layers * cfg.n_kv_heads + cfg.n_heads)
     batch = max(1, min(len(plans), budget // max(1, per_copy)))
     layers = module_at(model.hf_model, model.adapter.layers)
     out = []
