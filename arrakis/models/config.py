@@ -105,6 +105,10 @@ class HookedAutoConfig:
         if not isinstance(name, str):
             raise TypeError(f"name must be a family name such as 'llama', got {type(name).__name__}")
         self.adapter = adapter_for(name)
+        for key in ("n_layers", "n_heads", "n_kv_heads", "d_model", "d_head", "d_mlp", "d_vocab", "n_ctx"):
+            value = hf_kwargs.get(key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{key} must be a positive int, got {value!r}")
         kwargs = {**self.adapter.defaults, **self._translate(hf_kwargs)}
         if self.adapter.derive is not None:
             kwargs = self.adapter.derive(kwargs)

@@ -329,6 +329,8 @@ class HookedAutoModel(nn.Module):
     def check_input_ids(self, input_ids: Tensor | Sequence) -> Tensor:
         """Token ids as a LongTensor [batch, pos] on the model's device, or a clear error."""
         if not isinstance(input_ids, Tensor):
+            if isinstance(input_ids, Sequence) and len(input_ids) == 0:
+                raise ValueError("input_ids is empty; pass at least one token id ([batch, pos] with pos >= 1)")
             try:
                 input_ids = torch.as_tensor(input_ids)
             except (TypeError, ValueError) as err:

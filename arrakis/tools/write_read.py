@@ -498,6 +498,12 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
                 check_choice(role, ROLES, "head role")
         if not min_ratio > 0:
             raise ValueError(f"min_ratio must be positive, got {min_ratio}")
+        if top_k is not None:
+            top_k = check_positive_int(top_k, "top_k")  # (None: every edge)
+        if (writer_role or reader_role) and not 0 < role_threshold <= 1:
+            raise ValueError(
+                f"role_threshold must be in (0, 1] (role scores are attention shares), got {role_threshold}"
+            )
         comp = self.composition_scores(mode, folded=folded)
         roles = roles if roles is not None else self.head_roles()
         keep = comp.tensor >= min_ratio * comp.baseline  # [L, H, L, H]

@@ -239,6 +239,15 @@ class HeadRoles:
 
         return head_roles_html(self)
 
+    def __repr__(self) -> str:
+        """A line per role with its strongest heads, never the whole tensors."""
+        n_layers, n_heads = self.previous_token.shape
+        lines = [f"HeadRoles({n_layers} layers x {n_heads} heads, on {self.source}; strongest:"]
+        for role in ("previous_token", "duplicate_token", "induction"):
+            top = ", ".join(f"L{layer}H{head} {value:.2f}" for (layer, head), value in self.top(role, 3))
+            lines.append(f"  {role}: {top})" if role == "induction" else f"  {role}: {top}")
+        return "\n".join(lines)
+
 
 @dataclass
 class CircuitEdge:
