@@ -282,7 +282,7 @@ def cmd_attribute(args: argparse.Namespace) -> Any:
     token = args.token
     if token is None:  # the model's own top prediction at that position
         pos = resolve_pos(args.pos, ids.shape[1])
-        token = int(model(ids)[0].logits[0, pos].argmax())
+        token = int(model.run_with_cache(ids, names=["logits"])[0].logits[0, pos].argmax())
     result = tool.logit_attribution(ids, token, pos=args.pos, foil=args.foil)
     return result.to_dict(), attribution_text(result)
 

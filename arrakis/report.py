@@ -154,7 +154,7 @@ class Report:
     def _attribution(self) -> Section:
         """Which heads write the prediction at dst (the flow's question), signed."""
         ids, src, dst, described = self._flow_question()
-        logits = self.model(ids[:, : dst + 1])[0].logits[0, dst]
+        logits = self.model.run_with_cache(ids[:, : dst + 1], names=["logits"])[0].logits[0, dst]
         token = int(ids[0, src]) if self.prompt is None else int(logits.argmax())
         result = self.tool.logit_attribution(ids[:, : dst + 1], token, pos=dst)
         body = (

@@ -241,27 +241,47 @@ class HookedAutoModel(nn.Module):
             None if bias is None else bias.detach().float(),
         )
 
+    def unembedding(self, tokens: Sequence[int] | None = None) -> tuple[Tensor, Tensor]:
+        """The folded unembedding of ``tokens`` (None: the whole vocabulary): (W_U [d_model,
+        k], b_U [k]), so that logits = standardised(resid_final) @ W_U + b_U. The final norm's
+        gain is folded in (LayerNorm: rows centred over d_model, as the standardised input has
+        zero mean) and its bias into b_U. Only the columns asked for are formed."""
+        gain, beta = self.final_norm()
+        head = self.hf_model.get_output_embeddings()
+        rows = head.weight.detach().float()  # [d_vocab, d_model]
+        if tokens is not None:
+            rows = rows[torch.as_tensor(list(tokens), device=rows.device)]
+        W = gain[:, None] * rows.T  # [k, d_model] -> [d_model, k]
+        if self.cfg.norm == "layernorm":
+            W = W - W.mean(0, keepdim=True)
+        bias = torch.zeros(rows.shape[0], device=rows.device)
+        if getattr(head, "bias", None) is not None:
+            bias = bias + (head.bias.detach().float() if tokens is None else head.bias.detach().float()[list(tokens)])
+        if beta is not None:
+            bias = bias + beta @ rows.T
+        return W, bias
+
     @property
     def W_U(self) -> Tensor:
-        """The unembedding folded with the final norm's gain, [d_model, d_vocab]: logits =
-        standardised(resid_final) @ W_U + b_U (LayerNorm: rows centred over d_model, as the
-        standardised input has zero mean). TransformerLens's ``W_U`` after ``fold_ln``."""
-        gain, _ = self.final_norm()
-        W = self.hf_model.get_output_embeddings().weight.detach().float().T  # [d_vocab, d_model] -> [d_model, d_vocab]
-        W = gain[:, None] * W
-        return W - W.mean(0, keepdim=True) if self.cfg.norm == "layernorm" else W
+        """The unembedding folded with the final norm's gain, [d_model, d_vocab] (TransformerLens's
+        ``W_U`` after ``fold_ln``; see ``unembedding``)."""
+        return self.unembedding()[0]
 
     @property
     def b_U(self) -> Tensor:
         """The unembedding bias [d_vocab], with the final LayerNorm's bias folded in (beta W_U)."""
-        head = self.hf_model.get_output_embeddings()
-        _, beta = self.final_norm()
-        bias = torch.zeros(self.cfg.d_vocab, device=self.device)
-        if getattr(head, "bias", None) is not None:
-            bias = bias + head.bias.detach().float()
-        if beta is not None:
-            bias = bias + beta @ head.weight.detach().float().T
-        return bias
+        return self.unembedding()[1]
+
+    def attn_post_norm(self, layer: int, into: Tensor) -> tuple[Tensor, Tensor]:
+        """Attention's post-norm of ``layer`` (RMSNorm) as a gain [d_model] and the per-token
+        scale of what enters it (``into`` [..., d_model] -> [...]): post_norm(x) = gain * x /
+        scale. Analyses that split attention's output per head freeze this scale at its clean
+        value, so the per-head parts still add up to ``hook_attn_out`` (DESIGN.md §3)."""
+        if not self.cfg.attn_post_norm:
+            raise ValueError(f"this {self.cfg.family} model has no attention post-norm")
+        norm = module_at(module_at(self.hf_model, self.adapter.layers)[layer], self.adapter.attn_post_norm)
+        gain = norm.weight.detach().float().to(into.device) + self.adapter.norm_gain_offset
+        return gain, (into.float().pow(2).mean(-1) + self.cfg.norm_eps).sqrt()
 
     def hook_names(self) -> list[str]:
         """Every hook name this model can cache, in forward order."""

@@ -42,12 +42,8 @@ def writer_outputs(model: HookedAutoModel, cache: Any, layer: int) -> Tensor:
     z = cache[f"blocks.{layer}.attn.hook_z"].float()
     W_O = model.head_weights(folded=False).W_O[layer].float().to(z.device)
     out = torch.einsum("bphk,hkd->bphd", z, W_O)  # [batch, pos, head, d_head] x [head, d_head, D]
-    if model.cfg.attn_post_norm:
-        a = model.adapter
-        norm = module_at(module_at(model.hf_model, a.layers)[layer], a.attn_post_norm)
-        gain = norm.weight.detach().float().to(z.device) + a.norm_gain_offset
-        into = cache[f"blocks.{layer}.ln1_post.hook_in"].float()
-        scale = (into.pow(2).mean(-1) + model.cfg.norm_eps).sqrt()  # [batch, pos], frozen
+    if model.cfg.attn_post_norm:  # its scale [batch, pos] frozen at the clean value
+        gain, scale = model.attn_post_norm(layer, cache[f"blocks.{layer}.ln1_post.hook_in"])
         out = gain * out / scale[..., None, None]
     return out
 

@@ -172,9 +172,7 @@ class FlowMetric:
 
     def rows(self, logits: Tensor) -> Tensor:
         """The metric of each row of [n, d_vocab] logits: [n] floats."""
-        from torch import stack
-
-        return stack([self(row).detach().float().reshape(()) for row in logits])
+        return torch.stack([self(row).detach().float().reshape(()) for row in logits])
 
     def describe(self, model: HookedAutoModel, value: float) -> dict[str, Any]:
         def text(token: int | None) -> str | None:

@@ -20,7 +20,6 @@ from torch import Tensor
 
 from arrakis.circuits.flow import RESIDUAL, chunked_importances
 from arrakis.models import HookedAutoModel
-from arrakis.models.adapters.base import module_at
 from arrakis.tools.flow_question import FlowMetric, build_flow
 from arrakis.tools.results.flow import FlowPath, HeadFlow, Hop, InformationFlow, LayerFlow
 
@@ -75,7 +74,7 @@ def trace_routes(
         y = residual + cache[f"blocks.{layer}.hook_attn_out"]  # [rows, D]
         parts_pattern, dst_scale = pattern, 1.0
         if post_norm:  # the parts as they enter the residual: g * part / s_i, s_i frozen at its clean value
-            gain, scale = _post_norm(model, layer, cache[f"blocks.{layer}.ln1_post.hook_in"])
+            gain, scale = model.attn_post_norm(layer, cache[f"blocks.{layer}.ln1_post.hook_in"])
             parts_pattern, dst_scale = pattern / scale[None, :, None], float(1 / scale[-1])
             value_out, b_O = value_out * gain, gain * b_O / scale[:, None]  # b_O: one per row now
         f_new = torch.zeros(n_keys)
@@ -116,16 +115,6 @@ def trace_routes(
         value=value,
         notes=NOTES,
     )
-
-
-def _post_norm(model: HookedAutoModel, layer: int, into: Tensor) -> tuple[Tensor, Tensor]:
-    """The attention post-norm of ``layer`` as gain [D] and the clean per-row RMS scale [rows]
-    of what enters it (``into`` [rows, D]): post_norm(x) = gain * x / scale."""
-    adapter = model.adapter
-    norm = module_at(module_at(model.hf_model, adapter.layers)[layer], adapter.attn_post_norm)
-    gain = norm.weight.detach().float().to(into.device) + adapter.norm_gain_offset
-    scale = (into.float().pow(2).mean(-1) + model.cfg.norm_eps).sqrt()
-    return gain, scale
 
 
 def _layer_detail(layer, flow, imp_res, imp_heads, imp_bias, carried, pattern, value_out, src) -> LayerFlow:

@@ -17,13 +17,12 @@ from torch import Tensor
 
 from arrakis.circuits.logit_attribution import contributions, final_scale
 from arrakis.models import HookedAutoModel
-from arrakis.models.adapters.base import module_at
 from arrakis.tools.results.attribution import LogitAttribution
 
 
 def logit_attribution(model: HookedAutoModel, ids: Tensor, token: int, pos: int, foil: int | None) -> LogitAttribution:
     """Direct logit attribution of ``token`` (minus ``foil``) at ``pos`` of one prompt ``ids`` [1, pos]."""
-    cfg, a = model.cfg, model.adapter
+    cfg = model.cfg
     last = cfg.n_layers - 1
     names = ["hook_embed", f"blocks.{last}.hook_resid_post", "ln_final.hook_normalized"]
     names += ["hook_pos_embed"] if cfg.positional == "learned" else []
@@ -31,9 +30,9 @@ def logit_attribution(model: HookedAutoModel, ids: Tensor, token: int, pos: int,
         names += [f"blocks.{layer}.attn.hook_z", f"blocks.{layer}.hook_mlp_out"]
         names += [f"blocks.{layer}.ln1_post.hook_in"] if cfg.attn_post_norm else []
     _, cache = model.run_with_cache(ids, names=names, transform=lambda name, t: t[0, pos].float())
-    W_U, b_U = model.W_U, model.b_U
-    direction = W_U[:, token] - (W_U[:, foil] if foil is not None else 0)
-    bias = float(b_U[token] - (b_U[foil] if foil is not None else 0))
+    W_U, b_U = model.unembedding([token] if foil is None else [token, foil])  # only these columns
+    direction = W_U[:, 0] - (W_U[:, 1] if foil is not None else 0)
+    bias = float(b_U[0] - (b_U[1] if foil is not None else 0))
     scale = final_scale(cache[f"blocks.{last}.hook_resid_post"], cfg.norm, cfg.norm_eps)
 
     def direct(parts: Tensor) -> Tensor:
@@ -44,16 +43,12 @@ def logit_attribution(model: HookedAutoModel, ids: Tensor, token: int, pos: int,
     components: dict[str, float] = {"embed": float(direct(cache["hook_embed"]))}
     if "hook_pos_embed" in cache:
         components["pos_embed"] = float(direct(cache["hook_pos_embed"]))
-    blocks = module_at(model.hf_model, a.layers)
     for layer in range(cfg.n_layers):
         z = cache[f"blocks.{layer}.attn.hook_z"]  # [head, d_head]
         W_O, b_O = weights.W_O[layer].float().to(z.device), weights.b_O[layer].float().to(z.device)
         parts = torch.einsum("hk,hkd->hd", z, W_O)  # [head, d_head] x [head, d_head, D] -> [head, D]
         if cfg.attn_post_norm:  # as it enters the residual: g * part / s, s frozen
-            into = cache[f"blocks.{layer}.ln1_post.hook_in"]
-            norm = module_at(blocks[layer], a.attn_post_norm)
-            gain = norm.weight.detach().float().to(z.device) + a.norm_gain_offset
-            post_scale = (into.pow(2).mean() + cfg.norm_eps).sqrt()
+            gain, post_scale = model.attn_post_norm(layer, cache[f"blocks.{layer}.ln1_post.hook_in"])
             parts, b_O = gain * parts / post_scale, gain * b_O / post_scale
         heads[layer] = direct(parts).cpu()
         components[f"L{layer} attn bias"] = float(direct(b_O))

@@ -285,9 +285,8 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
                 "per-head q/k norms: their gains are folded into QK = W_Q diag(g_q g_k) W_K^T (TransformerLens "
                 "ignores them); their per-token scales are positive and cancel in these normalised scores"
             )
-        if getattr(
-            self.model.hf_model.config if self.model.hf_model is not None else None, "attn_logit_softcapping", None
-        ):
+        config = self.model.hf_model.config if self.model.hf_model is not None else self.model.checkpoint.config
+        if getattr(config, "attn_logit_softcapping", None):
             notes.append("attention logits are soft-capped (tanh) in the forward pass; weight scores leave it out")
         return notes
 
@@ -446,8 +445,7 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
             n_sequences = check_positive_int(n_sequences, "n_sequences")
             if n_repeats < 2:
                 logger.warning("n_repeats=1: nothing repeats, so induction and duplicate scores will be ~0")
-            bos = getattr(self.model.tokenizer, "bos_token_id", None)
-            input_ids = repeated_random_tokens(self.cfg.d_vocab, seq_len, n_repeats, n_sequences, seed, bos)
+            input_ids = self._random_probe(seq_len, n_repeats, n_sequences, seed)
             source = f"repeated random tokens (seq_len={seq_len}, n_repeats={n_repeats}, seed={seed})"
         else:
             source = "input_ids"
@@ -459,6 +457,11 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         n_tokens = max(ids.shape[1] for ids, _ in batches)
         n_sequences = sum(ids.shape[0] for ids, _ in batches)
         return HeadRoles(**scores, n_tokens=n_tokens, n_sequences=n_sequences, source=source)
+
+    def _random_probe(self, seq_len: int = 32, n_repeats: int = 2, n_sequences: int = 4, seed: int = 0) -> Tensor:
+        """Random tokens repeated, after a BOS where the tokenizer has one: the default probe."""
+        bos = getattr(self.model.tokenizer, "bos_token_id", None)
+        return repeated_random_tokens(self.cfg.d_vocab, seq_len, n_repeats, n_sequences, seed, bos)
 
     # -- circuits ----------------------------------------------------------------------------
 
@@ -532,9 +535,8 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         verification = None
         if verify and edges:
             n_null = check_positive_int(n_null, "n_null")
-            if probe is None:
-                bos = getattr(self.model.tokenizer, "bos_token_id", None)
-                probe = repeated_random_tokens(self.cfg.d_vocab, 32, 2, 4, 0, bos)
+            if probe is None:  # head_roles' default probe
+                probe = self._random_probe()
             batches = self._batches(probe, attention_mask, None)
             ids, mask = batches[0]
             pairs = [(e.writer, e.reader) for e in edges]

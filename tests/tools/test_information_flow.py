@@ -48,15 +48,13 @@ def test_the_parts_add_up_to_the_post_attention_residual(variant):
 def test_post_normed_parts_with_the_scale_frozen_add_up_to_attn_out(variant):
     """g * (sum_h sum_j A v_j W_O + b_O) / s_i, s_i the clean RMS of what enters the post-norm,
     is exactly hook_attn_out: the routes' parts as they enter the residual."""
-    from arrakis.tools.flow_routes import _post_norm
-
     model = shared(variant)
     ids = torch.randint(0, model.cfg.d_vocab, (1, 10), generator=torch.Generator().manual_seed(0))
     _, cache = model.run_with_cache(ids)
     w = model.head_weights()
     for layer in range(model.cfg.n_layers):
         into = cache[f"blocks.{layer}.ln1_post.hook_in"][0]
-        gain, scale = _post_norm(model, layer, into)
+        gain, scale = model.attn_post_norm(layer, into)
         pattern, v = cache["pattern", layer][0], cache["v", layer][0]
         value_out = torch.einsum("khd,hdm->khm", v, w.W_O[layer]) * gain  # [k, head, D]
         parts = torch.einsum("hqk,khm->qm", pattern / scale[None, :, None], value_out)
