@@ -1,25 +1,43 @@
-"""Property-based tests over the public functions' inputs: every input gives either a
-correct result or a clear error (ValueError, TypeError or a KeyError naming the problem),
-never a crash deep inside torch or a silent wrong answer, and the model is left exactly as
-it was (weights, training flag, hooks), in float32, bfloat16 and float16."""
+"""Property-based tests over the public functions' inputs.
+
+Each test decides from the input alone, with its own rules (the ones DESIGN.md and the
+docstrings state), whether the input is valid. Valid input must succeed and give the
+numbers a brute-force formula written here gives; invalid input must raise a clear error
+(ValueError, TypeError, or a KeyError) that names the argument at fault. Either way the
+model is left exactly as it was (weights, training flag, hooks), in float32, bfloat16 and
+float16. ``test_sabotaged_*`` check that these tests can fail: a public function that
+refuses every input, or accepts what it should refuse, makes them fail.
+"""
 
 from __future__ import annotations
 
 import math
+import numbers
 from functools import cache
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from torch import Tensor
 
 from arrakis import HookedAutoConfig, HookedAutoModel
 from arrakis.tools import WriteReadAnalyzer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TOLERANCE = {"float32": 1e-4, "bfloat16": 3e-2, "float16": 5e-3}  # relative, against a float32 formula
 N_LAYERS, N_HEADS, D_MODEL, D_VOCAB = 2, 4, 32, 64
 CLEAR = (ValueError, TypeError, KeyError)
-SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+# derandomize: the same examples on every run, so CI cannot pass or fail by luck; no
+# database: the sabotage tests' failures are not replayed into the real ones.
+SETTINGS = settings(
+    max_examples=40,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    report_multiple_bugs=False,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
 
 
 @cache
@@ -43,65 +61,183 @@ def same_state(a: tuple, b: tuple) -> bool:
     return all(torch.equal(x, y) for (_, x), (_, y) in zip(a[0], b[0], strict=True)) and a[1:] == b[1:]
 
 
-def check(dtype: str, call, validate) -> None:
-    """Run ``call``; it must either pass ``validate`` or raise a clear error; the model must
-    not change either way."""
+def check(dtype: str, call, fault: str | None, validate, names: tuple[str, ...] = ()) -> None:
+    """``fault`` is None for valid input: ``call`` must succeed and pass ``validate``.
+    Otherwise it says what is wrong, and ``call`` must raise a clear error whose message
+    names one of ``names``. The model must not change either way."""
     t = tool(dtype)
     before = state(t.model)
     try:
         result = call(t)
     except CLEAR as err:
-        assert str(err), "an error must say what is wrong"
+        message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+        assert fault is not None, f"valid input was refused: {type(err).__name__}: {message}"
+        assert any(name in message for name in names), f"{fault}: the error {message!r} names none of {names}"
     else:
+        assert fault is None, f"invalid input ({fault}) was accepted and returned {result!r}"
         validate(result)
-    assert same_state(before, state(t.model))
+    assert same_state(before, state(t.model)), "the model changed"
 
 
-def valid_selection(selection, threshold=None) -> None:
-    assert all(math.isfinite(s) and s >= 0 for s in selection.scores)
-    assert len(selection.scores) == N_HEADS and len(set(selection)) == len(selection)
+# -- the rules, stated here --------------------------------------------------------------
+
+
+def is_int(x: object) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def layer_fault(layer: object) -> str | None:
+    return None if is_int(layer) and 0 <= layer < N_LAYERS else f"layer {layer!r} is not in 0-{N_LAYERS - 1}"
+
+
+def threshold_fault(threshold: object) -> str | None:
+    if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or math.isnan(threshold):
+        return f"threshold {threshold!r} is not a number"
+    return None if 0 < threshold <= 1 else f"threshold {threshold!r} is outside (0, 1]"
+
+
+def direction_fault(u: object) -> str | None:
+    if not isinstance(u, Tensor) or not u.dtype.is_floating_point or u.shape != (D_MODEL,):
+        return f"{u!r} is not a float vector of size {D_MODEL}"
+    if not torch.isfinite(u).all() or not u.abs().max() > 0:
+        return "the direction is not finite and non-zero"
+    return None
+
+
+def first(*faults: str | None) -> str | None:
+    return next((f for f in faults if f is not None), None)
+
+
+# -- brute force ------------------------------------------------------------------------------
+
+
+def weights32(t: WriteReadAnalyzer) -> dict[str, Tensor]:
+    w = t.model.head_weights(folded=True)
+    W_Q, W_K = w.qk_circuit()
+    return {"Q": W_Q.float(), "K": W_K.float(), "V": w.W_V.float(), "O": w.W_O.float()}
+
+
+def unit64(u: Tensor) -> Tensor:
+    u = u.double()
+    return u / u.norm()
+
+
+def ov(w: dict[str, Tensor], layer: int, head: int) -> Tensor:
+    return w["V"][layer, head].double() @ w["O"][layer, head].double()  # [D, D]
+
+
+def qk(w: dict[str, Tensor], layer: int, head: int) -> Tensor:
+    return w["Q"][layer, head].double() @ w["K"][layer, head].double().T
+
+
+def valid_selection(selection, expected: list[float] | None, dtype: str, threshold: float | None = None) -> None:
+    """Well formed, consistent with its own scores, and (given) equal to the brute force."""
+    scores = selection.scores
+    assert all(math.isfinite(s) and s >= 0 for s in scores)
+    assert len(scores) == N_HEADS and len(set(selection)) == len(selection)
     assert all(layer == selection.layer and 0 <= head < N_HEADS for layer, head in selection)
-    if threshold is not None and sum(selection.scores) > 0:
-        assert selection.covered() >= threshold - 1e-6
+    if threshold is not None and sum(scores) > 0:
+        assert selection.covered() >= threshold - 1e-6 and len(selection) >= 1
+        smaller = sorted(scores, reverse=True)[: len(selection) - 1]  # one head fewer would not do
+        assert sum(smaller) / sum(scores) < threshold - 1e-6 or not smaller
+    if expected is not None:
+        assert scores == pytest.approx(expected, rel=TOLERANCE[dtype], abs=1e-6 * max(expected))
 
+
+# -- strategies: valid input often, invalid input of every kind -----------------------------
 
 dtypes = st.sampled_from(list(DTYPES))
-layers = st.integers(-3, N_LAYERS + 2)
+layers = st.one_of(st.integers(0, N_LAYERS - 1), st.integers(-3, N_LAYERS + 2), st.booleans(), st.floats())
 thresholds = st.one_of(
-    st.floats(allow_nan=True, allow_infinity=True), st.integers(-2, 3), st.none(), st.text(max_size=3)
+    st.floats(1e-9, 1.0),
+    st.just(1),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(-2, 3),
+    st.none(),
+    st.text(max_size=3),
 )
+vectors = st.builds(
+    lambda n, dtype, scale: (torch.randn(n) * scale).to(dtype),
+    st.sampled_from([D_MODEL, D_MODEL, D_MODEL - 1, 1]),
+    st.sampled_from([torch.float32, torch.bfloat16, torch.float16, torch.int64]),
+    st.sampled_from([1.0, 1e-3, 0.0, float("nan"), 1e30]),
+)
+writers = st.tuples(st.integers(-2, N_LAYERS + 1), st.integers(-2, N_HEADS + 1))
+dims = st.one_of(st.integers(-3, D_MODEL + 3), writers, vectors, st.floats(), st.lists(st.integers(), max_size=3))
+HUGE, TINY = torch.randn(D_MODEL) * 1e30, torch.randn(D_MODEL) * 1e-30  # ||u|| over- and underflows in float32
 
 
 @SETTINGS
 @given(dtype=dtypes, layer=layers, threshold=thresholds)
 def test_write_heads(dtype, layer, threshold):
-    check(dtype, lambda t: t.identify_write_heads(layer, threshold), lambda s: valid_selection(s, threshold))
+    fault = first(layer_fault(layer), threshold_fault(threshold))
+
+    def validate(selection) -> None:
+        w = weights32(tool(dtype))
+        expected = [float(ov(w, layer, h).norm()) for h in range(N_HEADS)]  # ||OV[h]||_F
+        valid_selection(selection, expected, dtype, threshold)
+
+    check(dtype, lambda t: t.identify_write_heads(layer, threshold), fault, validate, ("layer", "threshold"))
 
 
-directions = st.one_of(
-    st.integers(-3, D_MODEL + 3),
-    st.tuples(st.integers(-2, N_LAYERS + 1), st.integers(-2, N_HEADS + 1)),
-    st.builds(
-        lambda n, dtype, scale: torch.randn(n).to(dtype) * scale,
-        st.sampled_from([D_MODEL, D_MODEL - 1, 1]),
-        st.sampled_from([torch.float32, torch.bfloat16, torch.float16, torch.int64]),
-        st.sampled_from([1.0, 0.0, float("nan"), 1e30]),
-    ),
-    st.floats(),
-    st.lists(st.integers(), max_size=3),
-)
+def read_fault(layer: object, dim: object, channel: object) -> str | None:
+    if not isinstance(channel, str) or channel.lower() not in ("q", "k", "v", "qkv"):
+        return f"channel {channel!r}"
+    if layer_fault(layer):
+        return layer_fault(layer)
+    if isinstance(dim, tuple):  # a writer head of an earlier layer
+        ok = is_int(dim[0]) and 0 <= dim[0] < layer and is_int(dim[1]) and 0 <= dim[1] < N_HEADS
+        return None if ok else f"writer {dim} is not a head of a layer before {layer}"
+    if isinstance(dim, Tensor):
+        return direction_fault(dim)
+    return None if is_int(dim) and 0 <= dim < D_MODEL else f"dim_idx {dim!r} is not in 0-{D_MODEL - 1}"
+
+
+def read_expected(t: WriteReadAnalyzer, layer: int, dim: object, channel: str) -> list[float]:
+    """DESIGN.md §5, by hand: per channel, the read ratio of a direction, or the composition
+    score of a writer; "qkv" is the root mean square of the three."""
+    w = weights32(t)
+    channels = ("Q", "K", "V") if channel.lower() == "qkv" else (channel.upper(),)
+    scores = torch.zeros(len(channels), N_HEADS, dtype=torch.float64)
+    for h in range(N_HEADS):
+        for c, name in enumerate(channels):
+            if isinstance(dim, tuple):
+                writer = ov(w, *dim)
+                reader = {"Q": qk(w, layer, h), "K": qk(w, layer, h).T, "V": ov(w, layer, h)}[name]
+                scores[c, h] = (writer @ reader).norm() / (writer.norm() * reader.norm())
+            else:
+                u = unit64(dim) if isinstance(dim, Tensor) else torch.eye(D_MODEL, dtype=torch.float64)[dim]
+                W = w[name][layer, h].double()
+                scores[c, h] = (u @ W).norm() / (W.norm() / math.sqrt(D_MODEL))
+    return scores.pow(2).mean(0).sqrt().tolist()
 
 
 @SETTINGS
-@given(dtype=dtypes, layer=layers, dim=directions, channel=st.sampled_from(["q", "k", "v", "qkv", "o", "Q", ""]))
+@given(dtype=dtypes, layer=layers, dim=dims, channel=st.sampled_from(["q", "k", "v", "qkv", "o", "Q", "", "KV"]))
+@example(dtype="float32", layer=1, dim=HUGE, channel="qkv")
+@example(dtype="float16", layer=0, dim=TINY, channel="k")
 def test_read_heads(dtype, layer, dim, channel):
-    check(dtype, lambda t: t.identify_read_heads(layer, dim, channel=channel), valid_selection)
+    fault = read_fault(layer, dim, channel)
+    names = ("layer", "dim_idx", "writer", "channel", "direction")
+
+    def validate(selection) -> None:
+        valid_selection(selection, read_expected(tool(dtype), layer, dim, channel), dtype)
+
+    check(dtype, lambda t: t.identify_read_heads(layer, dim, channel=channel), fault, validate, names)
 
 
 @SETTINGS
-@given(dtype=dtypes, direction=directions)
+@given(dtype=dtypes, direction=st.one_of(vectors, dims))
+@example(dtype="float32", direction=HUGE)
+@example(dtype="bfloat16", direction=TINY)
 def test_write_heads_along_a_direction(dtype, direction):
-    check(dtype, lambda t: t.identify_write_heads(1, direction=direction), valid_selection)
+    fault = direction_fault(direction)
+
+    def validate(selection) -> None:
+        w, u = weights32(tool(dtype)), unit64(direction)
+        valid_selection(selection, [float((ov(w, 1, h) @ u).norm()) for h in range(N_HEADS)], dtype)  # ||OV u^||
+
+    check(dtype, lambda t: t.identify_write_heads(1, direction=direction), fault, validate, ("direction",))
 
 
 input_ids = st.one_of(
@@ -111,30 +247,64 @@ input_ids = st.one_of(
         st.sampled_from([torch.int64, torch.int32, torch.float32, torch.bool, torch.uint8]),
         st.sampled_from([D_VOCAB, D_VOCAB + 5]),
     ),
+    st.builds(lambda shape: torch.randint(0, D_VOCAB, shape), st.sampled_from([(1, 5), (2, 3), (7,)])),
     st.lists(st.integers(-1, D_VOCAB), max_size=6),
     st.text(max_size=4),
 )
 
 
+def ids_fault(ids: object) -> str | None:
+    if isinstance(ids, str):
+        return "a string, and this model has no tokenizer"
+    if isinstance(ids, list) and not ids:
+        return "no token ids"
+    values = torch.as_tensor(ids) if isinstance(ids, list) else ids
+    if values.dtype in (torch.bool, torch.float32):
+        return f"dtype {values.dtype} is not integer"
+    if values.dim() not in (1, 2) or values.numel() == 0:
+        return f"shape {tuple(values.shape)} is not [batch, pos] with pos >= 1"
+    if values.min() < 0 or values.max() >= D_VOCAB:
+        return f"token ids outside 0-{D_VOCAB - 1}"
+    return None
+
+
 @SETTINGS
 @given(dtype=dtypes, ids=input_ids)
 def test_forward_and_data_write_scores(dtype, ids):
-    def validate(selection) -> None:
-        valid_selection(selection)
-        assert selection.method == "data"
+    fault = ids_fault(ids)
 
-    check(dtype, lambda t: t.identify_write_heads(0, input_ids=ids), validate)
+    def validate(selection) -> None:
+        assert selection.method == "data"
+        t = tool(dtype)
+        _, cache = t.model.run_with_cache(torch.as_tensor(ids).long().reshape(-1, torch.as_tensor(ids).shape[-1]))
+        written = torch.einsum("bphd,hdm->bphm", cache["blocks.0.attn.hook_z"].float(), weights32(t)["O"][0])
+        valid_selection(selection, written.norm(dim=-1).mean((0, 1)).tolist(), dtype)  # mean ||z W_O|| per head
+
+    names = ("input_ids", "token id", "tokenizer")
+    check(dtype, lambda t: t.identify_write_heads(0, input_ids=ids), fault, validate, names)
+
+
+PROMPT = torch.tensor([[3, 5, 7, 5, 9, 11, 5, 13]])
+positions = st.one_of(st.integers(0, 7), st.integers(-2, 10))
+n_layers_choices = st.one_of(st.none(), st.integers(-1, N_LAYERS + 2), st.just(True))
+
+
+def flow_fault(src: int, dst: int, n_layers: object) -> str | None:
+    if not (0 <= src < dst < PROMPT.shape[1]):
+        return f"positions {src} -> {dst} are not 0 <= src < dst < {PROMPT.shape[1]}"
+    if n_layers is not None and not (is_int(n_layers) and 1 <= n_layers <= N_LAYERS):
+        return f"n_layers {n_layers!r} is not in 1-{N_LAYERS}"
+    return None
+
+
+FLOW_NAMES = ("src", "dst", "position", "n_layers")
 
 
 @SETTINGS
-@given(
-    dtype=dtypes, src=st.integers(-2, 10), dst=st.integers(-2, 10), n_layers=st.one_of(st.none(), st.integers(-1, 4))
-)
-def test_information_flow_positions(dtype, src, dst, n_layers):
-    ids = torch.tensor([[3, 5, 7, 5, 9, 11, 5, 13]])
-
+@given(dtype=dtypes, src=positions, dst=positions, n_layers=n_layers_choices)
+def test_information_flow_routes(dtype, src, dst, n_layers):
     def validate(flow) -> None:
-        assert flow.src_pos == src and flow.dst_pos == dst and 0 <= src < dst < 8
+        assert (flow.src_pos, flow.dst_pos) == (src, dst) and len(flow) == (n_layers or N_LAYERS)
         assert all(0 <= f <= 1 + 1e-5 for f in flow)
         for lf in flow.layers:
             total = lf.residual_share + lf.bias_share + sum(h.importance_total for h in lf.heads)
@@ -142,42 +312,105 @@ def test_information_flow_positions(dtype, src, dst, n_layers):
 
     check(
         dtype,
-        lambda t: t.trace_information_flow(ids, src_pos=src, dst_pos=dst, n_layers=n_layers, method="routes"),
+        lambda t: t.trace_information_flow(PROMPT, src_pos=src, dst_pos=dst, n_layers=n_layers, method="routes"),
+        flow_fault(src, dst, n_layers),
         validate,
+        FLOW_NAMES,
     )
 
 
 @SETTINGS
-@given(
-    dtype=dtypes, src=st.integers(-2, 10), dst=st.integers(-2, 10), n_layers=st.one_of(st.none(), st.integers(-1, 4))
-)
+@given(dtype=dtypes, src=positions, dst=positions, n_layers=n_layers_choices)
 def test_information_flow_attribution(dtype, src, dst, n_layers):
-    ids = torch.tensor([[3, 5, 7, 5, 9, 11, 5, 13]])
-
     def validate(flow) -> None:
-        assert flow.src_pos == src and flow.dst_pos == dst and 0 <= src < dst < 8
+        assert (flow.src_pos, flow.dst_pos) == (src, dst) and len(flow) == (n_layers or N_LAYERS)
         assert torch.isfinite(flow.head_scores).all()
         assert list(flow) == pytest.approx(flow.head_scores.sum(1).tolist(), abs=1e-5)
-        assert all(0 <= h.attention <= 1 + 1e-5 for lf in flow.layers for h in lf.heads)
+        _, cache = tool(dtype).model.run_with_cache(PROMPT)
+        for lf in flow.layers:  # each head's attention on the edge is the clean pattern's
+            pattern = cache[f"blocks.{lf.layer}.attn.hook_pattern"][0, :, dst, src].float()
+            assert [h.attention for h in lf.heads] == pytest.approx(pattern.tolist(), abs=1e-3)
 
-    check(dtype, lambda t: t.trace_information_flow(ids, src_pos=src, dst_pos=dst, n_layers=n_layers), validate)
+    check(
+        dtype,
+        lambda t: t.trace_information_flow(PROMPT, src_pos=src, dst_pos=dst, n_layers=n_layers),
+        flow_fault(src, dst, n_layers),
+        validate,
+        FLOW_NAMES,
+    )
 
 
 @SETTINGS
-@given(dtype=dtypes, mode=st.text(max_size=2))
+@given(dtype=dtypes, mode=st.one_of(st.sampled_from(["Q", "k", "V", "q"]), st.text(max_size=2), st.integers()))
 def test_composition_modes(dtype, mode):
-    def validate(scores) -> None:
-        assert mode.upper() in "QKV" and mode
-        assert torch.isfinite(scores.tensor).all() and (scores.tensor >= 0).all() and (scores.tensor <= 1 + 1e-5).all()
+    valid = isinstance(mode, str) and mode.upper() in ("Q", "K", "V")
 
-    check(dtype, lambda t: t.composition_scores(mode), validate)
+    def validate(scores) -> None:
+        t = tool(dtype)
+        w, name = weights32(t), mode.upper()
+        for h1 in range(N_HEADS):  # writer layer 0 -> reader layer 1, by the formula of DESIGN.md §6
+            writer = ov(w, 0, h1)
+            for h2 in range(N_HEADS):
+                reader = {"Q": qk(w, 1, h2), "K": qk(w, 1, h2).T, "V": ov(w, 1, h2)}[name]
+                expected = float((writer @ reader).norm() / (writer.norm() * reader.norm()))
+                assert float(scores.tensor[0, h1, 1, h2]) == pytest.approx(expected, rel=TOLERANCE[dtype])
+        assert (scores.tensor[1, :, 0, :] == 0).all() and (scores.tensor[0, :, 0, :] == 0).all()  # l1 >= l2
+
+    check(dtype, lambda t: t.composition_scores(mode), None if valid else f"mode {mode!r}", validate, ("mode",))
+
+
+@cache
+def all_hooks() -> tuple[str, ...]:
+    _, cache_ = tool("float32").model.run_with_cache(torch.tensor([[1, 2, 3]]))
+    return tuple(sorted(cache_))
 
 
 @SETTINGS
-@given(dtype=dtypes, names=st.lists(st.text(max_size=30), max_size=3))
+@given(dtype=dtypes, names=st.lists(st.one_of(st.sampled_from(all_hooks()), st.text(max_size=30)), max_size=3))
 def test_hook_names(dtype, names):
+    unknown = [n for n in names if n not in all_hooks()]
+
     def validate(result) -> None:
         _, cache = result
         assert set(cache) == set(names)
 
-    check(dtype, lambda t: t.model.run_with_cache(torch.tensor([[1, 2, 3]]), names=names), validate)
+    fault = f"unknown hook names {unknown}" if unknown else None
+    call = lambda t: t.model.run_with_cache(torch.tensor([[1, 2, 3]]), names=names)  # noqa: E731
+    check(dtype, call, fault, validate, tuple(repr(n) for n in unknown) or ("hook",))
+
+
+# -- the tests above can fail -----------------------------------------------------------------
+
+
+def refuse(*args, **kwargs):
+    raise ValueError("refused (sabotage)")
+
+
+@pytest.mark.parametrize(
+    ("target", "test"),
+    [
+        ("identify_write_heads", test_write_heads),
+        ("identify_read_heads", test_read_heads),
+        ("composition_scores", test_composition_modes),
+        ("trace_information_flow", test_information_flow_attribution),
+    ],
+)
+def test_sabotaged_functions_that_refuse_everything_fail_the_properties(monkeypatch, target, test):
+    monkeypatch.setattr(WriteReadAnalyzer, target, refuse)
+    with pytest.raises(AssertionError, match=r"valid input was refused|names none of"):
+        test()
+
+
+def test_a_sabotaged_check_that_accepts_bad_thresholds_fails_the_properties(monkeypatch):
+    monkeypatch.setattr("arrakis.tools.write_read.check_threshold", float)
+    with pytest.raises((AssertionError, *CLEAR)):
+        test_write_heads()
+
+
+def test_sabotaged_scores_fail_the_properties(monkeypatch):
+    import arrakis.circuits.heads as head_math
+
+    ov_norms = head_math.ov_norms
+    monkeypatch.setattr(head_math, "ov_norms", lambda W_V, W_O: ov_norms(W_V, W_O).flip(-1))  # heads swapped
+    with pytest.raises(AssertionError):
+        test_write_heads()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from arrakis import HookedAutoConfig
+from arrakis import HookedAutoConfig, HookedAutoModel
 from arrakis.tools import WriteReadAnalyzer
 from tests.conftest import shared
 
@@ -42,3 +42,57 @@ def test_head_roles_read_as_a_summary_not_three_tensors():
     best = roles.top("induction", 1)[0][0]
     assert f"L{best[0]}H{best[1]}" in text.splitlines()[3]
     assert torch.equal(roles.induction, roles.scores("induction"))
+
+
+@pytest.mark.parametrize(
+    ("field", "key"),
+    [("rotary_pct", "partial_rotary_factor"), ("rotary_emb_base", "rope_theta"), ("rope_theta", "rope_theta")],
+)
+def test_a_transformers_4_rotary_field_says_to_use_rope_parameters(field, key):
+    with pytest.raises(ValueError, match=rf"{field}.*pass rope_parameters=\{{'{key}': 0.5\}}"):
+        HookedAutoConfig("gpt-neox", **{field: 0.5})
+    # ... and what it says to pass does what was asked
+    config = HookedAutoConfig("gpt-neox", rope_parameters={key: 0.5})
+    assert config.hf_config.rope_parameters[key] == 0.5
+
+
+@pytest.mark.parametrize("dim", [[0, 3], range(0, 2)])
+def test_a_list_for_dim_idx_hints_that_a_tuple_names_a_writer_head(dim):
+    tool = WriteReadAnalyzer(shared("llama"))
+    with pytest.raises(TypeError, match=r"got .*; for the output of head L0H\d pass the tuple \(0, \d\)"):
+        tool.identify_read_heads(1, dim_idx=dim)
+    writer = tuple(dim)  # the hint is right: the tuple reads the writer's output subspace
+    assert tool.identify_read_heads(1, dim_idx=writer).method == "composition-qkv"
+
+
+def test_a_tiny_threshold_selects_the_strongest_head():
+    """The smallest set whose shares reach 1e-7 is the one strongest head, never an empty set."""
+    tool = WriteReadAnalyzer(shared("llama"))
+    for layer in range(tool.cfg.n_layers):
+        w = tool.model.head_weights()
+        norms = (w.W_V[layer] @ w.W_O[layer]).flatten(-2).norm(dim=-1)  # ||OV[h]||_F, by hand
+        selection = tool.identify_write_heads(layer, threshold=1e-7)
+        assert list(selection) == [(layer, int(norms.argmax()))]
+
+
+@pytest.fixture(scope="module")
+def streamed(tmp_path_factory) -> WriteReadAnalyzer:
+    folder = tmp_path_factory.mktemp("llama")
+    shared("llama").hf_model.save_pretrained(folder)
+    return WriteReadAnalyzer(HookedAutoModel.from_pretrained(folder, weights_only=True))
+
+
+def test_weights_only_circuits_without_a_role_filter_need_no_forward_pass(streamed):
+    circuit = streamed.circuits("K", min_ratio=1.0, top_k=None)
+    comp = WriteReadAnalyzer(shared("llama")).composition_scores("K")
+    expected = sorted(
+        (tuple(i[:2]), tuple(i[2:])) for i in (comp.tensor >= comp.baseline).nonzero().tolist()
+    )  # every pair at or above the baseline, from the in-memory model's composition scores
+    assert sorted((e.writer, e.reader) for e in circuit) == expected and expected
+    assert all(e.writer_roles == {} and e.reader_roles == {} for e in circuit)
+
+
+@pytest.mark.parametrize("kwargs", [{"writer_role": "previous_token"}, {"verify": True}])
+def test_weights_only_circuits_that_need_prompts_say_so(streamed, kwargs):
+    with pytest.raises(RuntimeError, match="weights_only=True: weight-based analyses work, but it has no forward"):
+        streamed.circuits("K", **kwargs)

@@ -29,10 +29,14 @@ from torch import Tensor
 
 
 def unit(direction: Tensor, like: Tensor | None = None) -> Tensor:
-    """u / ||u|| (callers check that u is non-zero and finite), on ``like``'s device and dtype."""
-    if like is not None:
-        direction = direction.to(device=like.device, dtype=like.dtype)
-    return direction / direction.norm()
+    """u / ||u|| (callers check that u is non-zero and finite), on ``like``'s device and dtype.
+
+    u is first scaled by its largest entry, so that ||u|| neither overflows (u ~ 1e30 in
+    float32) nor underflows, and only the unit vector is cast to ``like``'s dtype.
+    """
+    direction = direction / direction.abs().max()
+    direction = direction / direction.norm()
+    return direction if like is None else direction.to(device=like.device, dtype=like.dtype)
 
 
 def ov_norms(W_V: Tensor, W_O: Tensor) -> Tensor:
@@ -80,13 +84,14 @@ def select_by_share(scores: Tensor, threshold: float) -> list[int]:
 
     Ties are broken by head index. Float rounding is forgiven at the boundary (a share sum
     within 1e-6 of the threshold counts), so threshold=1.0 selects every head with a
-    non-zero score rather than failing on rounding.
+    non-zero score rather than failing on rounding; the strongest head is always taken
+    when any score is positive, however small the threshold.
     """
     share = shares(scores.double())
     order = sorted(range(len(share)), key=lambda h: (-float(share[h]), h))
     chosen, total = [], 0.0
     for head in order:
-        if total >= threshold - 1e-6 or share[head] <= 0:
+        if (chosen and total >= threshold - 1e-6) or share[head] <= 0:
             break
         chosen.append(head)
         total += float(share[head])

@@ -121,7 +121,7 @@ def iter_batches(
     if batch:
         yield _padded(model, batch)
     if not any_prompt:
-        raise ValueError("no prompts given")
+        raise ValueError("input_ids is empty: no prompts given; pass token ids [batch, pos], a string or prompts")
 
 
 def _row(model: HookedAutoModel, prompt: Any) -> list[int]:

@@ -15,6 +15,14 @@ from transformers import AutoConfig, PretrainedConfig
 from arrakis.models.adapters import ADAPTERS, FamilyAdapter, adapter_for
 from arrakis.models.adapters.base import SHAPE_FIELDS
 
+# Rotary settings that transformers 4 took as config fields, and their rope_parameters key.
+ROPE_LEGACY = {
+    "rotary_pct": "partial_rotary_factor",
+    "partial_rotary_factor": "partial_rotary_factor",
+    "rotary_emb_base": "rope_theta",
+    "rope_theta": "rope_theta",
+}
+
 
 @dataclass(frozen=True)
 class ModelShape:
@@ -135,11 +143,20 @@ class HookedAutoConfig:
                     )
                 key = field
             elif key not in known:
-                close = difflib.get_close_matches(key, sorted(known | set(SHAPE_FIELDS)), n=3)
-                hint = f"; did you mean {', '.join(close)}?" if close else ""
-                raise ValueError(f"{key!r} is not a field of the {self.family} config{hint}")
+                raise ValueError(f"{key!r} is not a field of the {self.family} config{self._hint(key, value, known)}")
             out[key] = value
         return out
+
+    @staticmethod
+    def _hint(key: str, value: Any, known: set[str]) -> str:
+        """What to pass instead: rotary settings moved into ``rope_parameters`` in
+        transformers 5 (a bare ``rotary_pct`` would be dropped when the family's defaults
+        already set the factor, so it is refused rather than half-applied); else close names."""
+        rope_key = ROPE_LEGACY.get(key)
+        if rope_key is not None and "rope_parameters" in known:
+            return f"; rotary settings live in rope_parameters: pass rope_parameters={{{rope_key!r}: {value!r}}}"
+        close = difflib.get_close_matches(key, sorted(known | set(SHAPE_FIELDS)), n=3)
+        return f"; did you mean {', '.join(close)}?" if close else ""
 
     def _drop_special_ids_outside_vocab(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         # A family's default bos/eos/pad ids (Phi-3's pad is 32000) would not fit a smaller

@@ -17,6 +17,7 @@ True
 from __future__ import annotations
 
 import logging
+import numbers
 from collections.abc import Callable
 from typing import Any
 
@@ -242,6 +243,15 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
             dim_idx = int(dim_idx)
         if isinstance(dim_idx, Tensor):
             return check_direction(dim_idx, d_model, "dim_idx"), "direction"
+        if not isinstance(dim_idx, numbers.Integral) or isinstance(dim_idx, bool):
+            hint = ""
+            if isinstance(dim_idx, (list, range)) and len(dim_idx) == 2:
+                hint = f"; for the output of head L{dim_idx[0]}H{dim_idx[1]} pass the tuple {tuple(dim_idx)!r}"
+            raise TypeError(
+                f"dim_idx must be an int 0-{d_model - 1} (a residual dimension), a (layer, head) tuple "
+                f"(a writer head's output), a direction tensor of size {d_model} or a one-token string; "
+                f"got {type(dim_idx).__name__} {dim_idx!r}{hint}"
+            )
         i = check_index(dim_idx, d_model, "dim_idx", "residual dimensions (d_model)")
         basis = torch.zeros(d_model)
         basis[i] = 1.0
@@ -507,8 +517,12 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
             raise ValueError(
                 f"role_threshold must be in (0, 1] (role scores are attention shares), got {role_threshold}"
             )
+        runs = self.model.hf_model is not None  # weights-only models have no forward pass
+        if verify and not runs:
+            self.model._require_forward()
+        if roles is None and (writer_role or reader_role or runs):
+            roles = self.head_roles()  # weights-only: only when a role filter asks for them (and fails clearly)
         comp = self.composition_scores(mode, folded=folded)
-        roles = roles if roles is not None else self.head_roles()
         keep = comp.tensor >= min_ratio * comp.baseline  # [L, H, L, H]
         if writer_role:
             keep &= (roles.scores(writer_role) >= role_threshold)[:, :, None, None]
@@ -519,6 +533,8 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         order = sorted(range(len(index)), key=lambda k: -values[k])[: top_k if top_k is not None else None]
 
         def role_dict(layer: int, head: int) -> dict[str, float]:
+            if roles is None:
+                return {}
             return {role: round(float(roles.scores(role)[layer, head]), 4) for role in ROLES}
 
         edges = [
