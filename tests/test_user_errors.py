@@ -96,3 +96,19 @@ def test_weights_only_circuits_without_a_role_filter_need_no_forward_pass(stream
 def test_weights_only_circuits_that_need_prompts_say_so(streamed, kwargs):
     with pytest.raises(RuntimeError, match="weights_only=True: weight-based analyses work, but it has no forward"):
         streamed.circuits("K", **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("knockout", "message"),
+    [
+        ({0: [(1.5, 5, 2)]}, r"knockout layer 0: head 1.5 is out of range \(an int 0-3, or None\)"),
+        ({0: [(1, 5, 2.0)]}, "knockout layer 0: positions must be ints, got 5 -> 2.0"),
+        ({0: [(1, 5, 9)]}, "knockout layer 0: edge 5 -> 9 must satisfy 0 <= key <= query < 8"),
+    ],
+)
+def test_a_bad_knockout_names_the_head_or_edge_and_leaves_no_hook(knockout, message):
+    model = shared("llama")
+    ids = torch.tensor([[5, 7, 9, 7, 5, 9, 7, 11]])
+    with pytest.raises((ValueError, TypeError), match=message):
+        model.run_with_attention_knockout(ids, knockout)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.hf_model.modules())

@@ -335,6 +335,8 @@ def test_bad_questions_get_clear_errors_and_leave_the_model_as_it_was(kwargs, er
     [
         ([{2: [(0, 5, 1)]}], 5, r"knockout layer 2 is out of range: this model has 2 layers \(0-1\)"),
         ([{0: [(4, 5, 1)]}], 5, r"head 4 is out of range \(an int 0-3, or None\)"),
+        ([{0: [(1.5, 5, 1)]}], 5, r"head 1.5 is out of range \(an int 0-3, or None\)"),
+        ([{0: [(0, 5.0, 1)]}], 5, "positions must be ints, got 5.0 -> 1"),
         ([{0: [(0, 5, 6)]}], 5, "edge 5 -> 6 must satisfy 0 <= key <= query < 8"),
         ([{0: [(0, 7, 1)]}], 5, "query is after position 5"),
         ([{0: [(0, 5)]}], 5, r"an edge is \(head, query_pos, key_pos\)"),
