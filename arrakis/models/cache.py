@@ -12,16 +12,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Iterator, Mapping
 
 from torch import Tensor
 
 from arrakis.models.config import ModelShape
 from arrakis.models.hook_points import HookNameError, explain_unknown, resolve_key
-
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
 
 
 class ActivationCache(Mapping[str, Tensor]):
@@ -56,22 +52,6 @@ class ActivationCache(Mapping[str, Tensor]):
 
     def __contains__(self, key: object) -> bool:
         return resolve_key(key) in self._data
-
-    def plot_pattern(self, layer: int, head: int, batch: int = 0, tokens: Sequence[Any] | None = None) -> Figure:
-        """One head's attention pattern (query x key), tokens on both axes (a matplotlib Figure).
-
-        ``tokens``: strings or ids, one per position (e.g. ``model.to_str_tokens(ids)``).
-        The plotting code is imported here, on demand: models know nothing of plots.
-        """
-        pattern = self["pattern", layer]  # [batch, head, query_pos, key_pos]
-        if pattern.dim() != 4:
-            raise ValueError(
-                f"this cache kept the layer {layer} pattern as shape {tuple(pattern.shape)}, not "
-                "[batch, head, query_pos, key_pos]; run run_with_cache without a transform to plot it"
-            )
-        from arrakis.viz.attention import plot_attention_pattern
-
-        return plot_attention_pattern(pattern, tokens, layer=layer, head=head, batch=batch)
 
     def __repr__(self) -> str:
         return f"ActivationCache({len(self)} activations of a {self.cfg.family} model)"

@@ -8,7 +8,7 @@ the length of the repeated segment.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from arrakis.viz.common import heatmap, new_figure, tick_step, token_label
@@ -21,7 +21,7 @@ MAX_TOKEN_LABELS = 80  # label every position up to this length, every k-th beyo
 
 
 def plot_attention_pattern(
-    pattern: Tensor,
+    pattern: Tensor | Mapping[str, Tensor],
     tokens: Sequence[Any] | None = None,
     *,
     layer: int | None = None,
@@ -32,11 +32,22 @@ def plot_attention_pattern(
 
     ``pattern`` is [query_pos, key_pos]; a [head, query_pos, key_pos] or the cache's
     [batch, head, query_pos, key_pos] pattern needs ``head`` (and ``batch``, default 0) to
-    pick one. ``tokens`` (strings or ids, one per position) label the axes; ``layer`` and
-    ``head`` name the head in the title.
+    pick one. An activation cache (``model.run_with_cache``) with ``layer`` plots that
+    layer's pattern: ``plot_attention_pattern(cache, tokens, layer=1, head=2)``. ``tokens``
+    (strings or ids, one per position, e.g. ``model.to_str_tokens(ids)``) label the axes;
+    ``layer`` and ``head`` name the head in the title.
     """
     import torch
 
+    if isinstance(pattern, Mapping):  # an activation cache: models know nothing of plots
+        if layer is None:
+            raise ValueError("plotting a cache's pattern needs layer= (and head=)")
+        pattern = pattern["pattern", layer]
+        if pattern.dim() != 4:
+            raise ValueError(
+                f"this cache kept the layer {layer} pattern as shape {tuple(pattern.shape)}, not "
+                "[batch, head, query_pos, key_pos]; run run_with_cache without a transform to plot it"
+            )
     values = torch.as_tensor(pattern).detach()
     if values.dim() == 4:  # [batch, head, query_pos, key_pos]
         values = values[_check(batch, values.shape[0], "batch", "sequences")]

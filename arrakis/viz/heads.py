@@ -33,9 +33,9 @@ def plot_head_scores(selections: HeadSelection | Sequence[HeadSelection], *, val
     The selections must share their method and head count: scores of different methods
     (weights vs data, one channel vs another) are not on one scale.
     """
-    from arrakis.tools.results import HeadSelection
-
-    rows = [selections] if isinstance(selections, HeadSelection) else list(selections)
+    # one HeadSelection (a list of heads with .scores), or a sequence of them; no import of
+    # the tools' result types at run time (DESIGN.md §10: plots do not import the tools)
+    rows = [selections] if hasattr(selections, "scores") else list(selections)
     if not rows:
         raise ValueError("plot_head_scores needs at least one HeadSelection")
     if values not in VALUES:

@@ -1,4 +1,4 @@
-"""plot_attention_pattern and ActivationCache.plot_pattern: one head, tokens on both axes."""
+"""plot_attention_pattern, of a pattern or of an activation cache: one head, tokens on both axes."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ def test_the_cache_plots_one_heads_pattern_with_token_labels(llama):
     ids = prompt(llama.cfg.d_vocab, batch=2, pos=6)
     _, cache = llama.model.run_with_cache(ids)
     tokens = ["The", " cat", " sat", " on", " the", " mat"]
-    fig = cache.plot_pattern(1, 2, batch=1, tokens=tokens)
+    fig = plot_attention_pattern(cache, tokens, layer=1, head=2, batch=1)
     ax = main_axes(fig)
     np.testing.assert_allclose(ax.images[0].get_array(), cache["pattern", 1][1, 2].numpy())
     assert [t.get_text() for t in ax.get_xticklabels()] == tokens  # keys
@@ -40,4 +40,6 @@ def test_a_cache_kept_with_a_transform_says_so(llama):
     ids = prompt(llama.cfg.d_vocab, batch=1, pos=5)
     _, cache = llama.model.run_with_cache(ids, names=lambda n: "pattern" in n, transform=lambda n, t: t[0])
     with pytest.raises(ValueError, match="without a transform"):
-        cache.plot_pattern(0, 0)
+        plot_attention_pattern(cache, layer=0, head=0)
+    with pytest.raises(ValueError, match="needs layer="):
+        plot_attention_pattern(cache, head=0)

@@ -30,7 +30,7 @@ def test_importing_arrakis_and_rendering_html_does_not_load_matplotlib():
 
 
 def test_models_do_not_import_the_plots():
-    """models -> viz only inside ActivationCache.plot_pattern, never at import time."""
+    """Not even inside a function (tests/test_import_direction.py checks every import)."""
     for path in (ROOT / "arrakis" / "models").rglob("*.py"):
         top_level = [line for line in path.read_text().splitlines() if line.startswith(("import ", "from "))]
         assert not any("arrakis.viz" in line or "matplotlib" in line for line in top_level), path
