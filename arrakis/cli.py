@@ -16,7 +16,10 @@
     arrakis experiments list|show|export [--save-dir DIR]
 
 Every command takes ``--json`` for machine-readable output. Bad arguments, and input the
-library refuses, exit with code 2 and a one-line message.
+library refuses (a missing or unreadable model file among them), exit with code 2 and one line
+on stderr, ``arrakis: error: ...``, that says what is valid. Arguments are checked before any
+model loads; what needs the model (a layer's upper bound, a token of the prompt) right after it
+loads, before any analysis runs.
 """
 
 from __future__ import annotations
@@ -25,17 +28,22 @@ import argparse
 import importlib.util
 import json
 import logging
+import math
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
+from transformers.utils import logging as hf_logging
 
+from arrakis.circuits.composition import MODES
+from arrakis.circuits.roles import ROLES
 from arrakis.models import HookedAutoConfig, HookedAutoModel, ModelNotFoundError, load_model, supported_families
 from arrakis.models.loading import EMBEDDED_FILE, GEMMA3_FILE, GEMMA3_PACKAGES, cache_dir, embedded_model_path
 from arrakis.tools import WriteReadAnalyzer
-from arrakis.tools.flow_question import induction_question
+from arrakis.tools.flow_question import induction_question, resolve_positions
 from arrakis.tools.logit_attribution import resolve_pos
 
 ROLE_THRESHOLD = 0.3  # a head counts as previous-token / induction at this score or above
@@ -46,8 +54,114 @@ class UsageError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands: dict[str, Parser] = {}  # the top-level parser's subcommands, by name
+
     def error(self, message: str) -> None:  # one line instead of usage + message
-        raise UsageError(message)
+        raise UsageError(" ".join(message.split()))
+
+
+# -- argument types: each refuses a bad value at parse time (before any model loads), saying
+# what is valid; argparse puts "argument --NAME: " before the message ----------------------------
+
+
+def _number(value: str) -> float | None:
+    try:
+        number = float(value)
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _int(value: str) -> int | None:
+    try:
+        return int(value)
+    except ValueError:
+        return None
+
+
+def share(value: str) -> float:
+    """A number in (0, 1]: --threshold, a share of the layer's writing."""
+    number = _number(value)
+    if number is None or not 0 < number <= 1:
+        raise argparse.ArgumentTypeError(f"must be a number in (0, 1] (a share of the layer's writing), got {value!r}")
+    return number
+
+
+def positive_ratio(value: str) -> float:
+    """A finite number above 0: --min-ratio, a multiple of the baseline score."""
+    number = _number(value)
+    if number is None or number <= 0:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0 (a multiple of the baseline), got {value!r}")
+    return number
+
+
+def positive_int(value: str) -> int:
+    """An int of 1 or more: --top-k."""
+    number = _int(value)
+    if number is None or number < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive int (1, 2, ...), got {value!r}")
+    return number
+
+
+def layer_index(value: str) -> int:
+    """A layer: an int of 0 or more (its upper bound is checked once the model is loaded)."""
+    number = _int(value)
+    if number is None or number < 0:
+        raise argparse.ArgumentTypeError(f"must be a layer index, an int 0..n_layers-1, got {value!r}")
+    return number
+
+
+def layer_count(value: str) -> int | str:
+    """The first N layers (N >= 1) or 'all': --layers."""
+    if value.strip().lower() == "all":
+        return "all"
+    number = _int(value)
+    if number is None or number < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive int (the first N layers) or 'all', got {value!r}")
+    return number
+
+
+def position(value: str) -> int:
+    """A position in the prompt: an int, negative counting from the end."""
+    number = _int(value)
+    if number is None:
+        raise argparse.ArgumentTypeError(f"must be an int (a position; -1 is the last), got {value!r}")
+    return number
+
+
+def composition_mode(value: str) -> str:
+    """Q, K or V, in either case."""
+    if value.strip().upper() not in MODES:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(MODES)} (the composition), got {value!r}")
+    return value.strip().upper()
+
+
+def head_role(value: str) -> str:
+    """A head role name (``previous-token`` is read as ``previous_token``)."""
+    role = value.strip().lower().replace("-", "_")
+    if role not in ROLES:
+        raise argparse.ArgumentTypeError(f"must be one of {', '.join(ROLES)}, got {value!r}")
+    return role
+
+
+def out_file(value: str) -> str:
+    """A file to write: its folder must exist, and it must not be a folder."""
+    path = Path(value).expanduser()
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value!r} is a folder; give a file name to write")
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"the folder {str(path.parent)!r} does not exist; create it first")
+    return value
+
+
+def check_layer(value: int | None, n_layers: int, what: str = "--layer") -> None:
+    """Refuse a layer beyond the loaded model's, before any analysis runs."""
+    if value is not None and value >= n_layers:
+        raise UsageError(
+            f"argument {what}: {value} is out of range: this model has {n_layers} layers, so 0..{n_layers - 1}"
+        )
 
 
 # -- printing ----------------------------------------------------------------------------------
@@ -177,6 +291,7 @@ def cmd_analyze(args: argparse.Namespace) -> Any:
 
 def cmd_heads(args: argparse.Namespace) -> Any:
     tool = WriteReadAnalyzer(load_model(args.model))
+    check_layer(args.layer, tool.cfg.n_layers)
     layers = list(range(tool.cfg.n_layers)) if args.layer is None else [args.layer]
     text, data = heads_table(tool, layers, args.threshold)
     return data, text
@@ -242,7 +357,12 @@ def cmd_flow(args: argparse.Namespace) -> Any:
     model = load_model(args.model)
     tool = WriteReadAnalyzer(model)
     ids = model.to_tokens(args.prompt)
-    n_layers = None if args.layers == "all" else _positive_int(args.layers, "--layers")
+    n_layers = None if args.layers == "all" else args.layers
+    if n_layers is not None and n_layers > model.cfg.n_layers:
+        raise UsageError(
+            f"argument --layers: this model has {model.cfg.n_layers} layers, so 1..{model.cfg.n_layers} or 'all', "
+            f"got {n_layers}"
+        )
     flow = tool.trace_information_flow(
         ids,
         args.src,
@@ -279,9 +399,9 @@ def cmd_attribute(args: argparse.Namespace) -> Any:
     model = load_model(args.model)
     tool = WriteReadAnalyzer(model)
     ids = model.to_tokens(args.prompt)
+    pos = resolve_pos(args.pos, model.check_input_ids(ids).shape[1])  # before any forward pass
     token = args.token
     if token is None:  # the model's own top prediction at that position
-        pos = resolve_pos(args.pos, ids.shape[1])
         token = int(model.run_with_cache(ids, names=["logits"])[0].logits[0, pos].argmax())
     result = tool.logit_attribution(ids, token, pos=args.pos, foil=args.foil)
     return result.to_dict(), attribution_text(result)
@@ -290,11 +410,16 @@ def cmd_attribute(args: argparse.Namespace) -> Any:
 def cmd_report(args: argparse.Namespace) -> Any:
     from arrakis.report import Report
 
+    if args.prompt is None and (args.src is not None or args.dst is not None):
+        given = " and ".join(f"--{name}" for name in ("src", "dst") if getattr(args, name) is not None)
+        raise UsageError(f"--src and --dst need --prompt (they name tokens of its flow trace); got {given} without it")
     model = load_model(args.model)
-    prompt = args.prompt
-    if prompt is None and (args.src or args.dst):
-        raise UsageError("--src and --dst need --prompt")
-    path = Report(model, prompt=prompt, src=args.src, dst=args.dst).save(args.out)
+    if args.prompt is not None:  # src and dst resolved as the report will, before its analyses run
+        ids = model.to_tokens(args.prompt)
+        n_pos = model.check_input_ids(ids).shape[1]
+        src_pos, dst_pos = (0 if args.src is None else None), (n_pos - 1 if args.dst is None else None)
+        resolve_positions(model, ids, args.src, args.dst, src_pos, dst_pos, None)  # a ValueError names the token
+    path = Report(model, prompt=args.prompt, src=args.src, dst=args.dst).save(args.out)
     return {"report": str(path)}, f"report written to {path}"
 
 
@@ -342,18 +467,14 @@ def cmd_experiments(args: argparse.Namespace) -> Any:
     return {"exported": count, "path": args.out}, f"{count} runs of {args.name!r} written to {args.out}"
 
 
-def _positive_int(value: str, what: str) -> int:
-    if not value.isdigit() or int(value) < 1:
-        raise UsageError(f"{what} must be a positive int or 'all', got {value!r}")
-    return int(value)
-
-
 def build_parser() -> Parser:
     parser = Parser(prog="arrakis", description="Find the heads that write to and read from the residual stream.")
-    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    # not required here: main() says that a command is needed, or which argument it does not know
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     def command(name: str, help: str, fn: Any) -> Parser:
         sub = commands.add_parser(name, help=help, description=help)
+        parser.commands[name] = sub
         sub.add_argument("--json", action="store_true", help="machine-readable output")
         sub.set_defaults(fn=fn)
         return sub
@@ -365,20 +486,22 @@ def build_parser() -> Parser:
     command("models", "the supported families and the embedded model", cmd_models)
     with_model(command("analyze", "the main job: heads, roles, the induction circuit", cmd_analyze))
     heads = with_model(command("heads", "write heads and head roles per layer", cmd_heads))
-    heads.add_argument("--layer", type=int, default=None, help="one layer (default: all)")
-    heads.add_argument("--threshold", type=float, default=0.8, help="share of the layer's writing, in (0, 1]")
+    heads.add_argument("--layer", type=layer_index, default=None, help="one layer, 0..n_layers-1 (default: all)")
+    heads.add_argument("--threshold", type=share, default=0.8, help="share of the layer's writing, in (0, 1]")
     circuits = with_model(command("circuits", "writer -> reader composition edges with head roles", cmd_circuits))
-    circuits.add_argument("--mode", default="K", help="Q, K or V composition")
-    circuits.add_argument("--writer-role", default="previous_token", help="previous_token, duplicate_token, induction")
-    circuits.add_argument("--reader-role", default="induction", help="previous_token, duplicate_token, induction")
-    circuits.add_argument("--min-ratio", type=float, default=2.0, help="keep edges scoring this many x the baseline")
-    circuits.add_argument("--top-k", type=int, default=20)
+    circuits.add_argument("--mode", type=composition_mode, default="K", help="Q, K or V composition")
+    circuits.add_argument("--writer-role", type=head_role, default="previous_token", help=", ".join(ROLES))
+    circuits.add_argument("--reader-role", type=head_role, default="induction", help=", ".join(ROLES))
+    circuits.add_argument(
+        "--min-ratio", type=positive_ratio, default=2.0, help="keep edges scoring this many x the baseline (> 0)"
+    )
+    circuits.add_argument("--top-k", type=positive_int, default=20, help="keep the strongest K edges (K >= 1)")
     circuits.add_argument("--verify", action="store_true", help="path-patch each edge against random pairs")
     flow = with_model(command("flow", "information flow from one token to another", cmd_flow))
     flow.add_argument("--prompt", required=True)
     flow.add_argument("--src", required=True, help="the source token (a string that is one token)")
     flow.add_argument("--dst", required=True, help="the destination token")
-    flow.add_argument("--layers", default="all", help="the first N layers, or 'all'")
+    flow.add_argument("--layers", type=layer_count, default="all", help="the first N layers, or 'all'")
     flow.add_argument("--method", default="attribution", choices=("attribution", "routes"))
     flow.add_argument(
         "--target", default=None, help="the token whose log-probability at dst is measured (default: top)"
@@ -390,35 +513,62 @@ def build_parser() -> Parser:
     attribute.add_argument("--prompt", required=True)
     attribute.add_argument("--token", default=None, help="the token (one token; default: the top prediction)")
     attribute.add_argument("--foil", default=None, help="attribute logit(token) - logit(foil) instead")
-    attribute.add_argument("--pos", type=int, default=-1, help="the position (default: the last)")
+    attribute.add_argument("--pos", type=position, default=-1, help="the position (default: -1, the last)")
     report = with_model(command("report", "a self-contained HTML report", cmd_report))
-    report.add_argument("--out", required=True, help="the HTML file to write")
+    report.add_argument("--out", type=out_file, required=True, help="the HTML file to write")
     report.add_argument("--prompt", default=None, help="a prompt for the flow trace")
-    report.add_argument("--src", default=None)
-    report.add_argument("--dst", default=None)
+    report.add_argument("--src", default=None, help="with --prompt: the flow's source token (default: the first)")
+    report.add_argument("--dst", default=None, help="with --prompt: the flow's destination token (default: the last)")
     experiments = command("experiments", "read the bench's experiment store", cmd_experiments)
     experiments.add_argument("action", choices=["list", "show", "export"])
     experiments.add_argument("name", nargs="?", default=None, help="an experiment name")
     experiments.add_argument("version", nargs="?", default=None, help="a version hash (or a unique prefix)")
     experiments.add_argument("--save-dir", default="experiments", help="the bench's save_dir")
-    experiments.add_argument("--out", default=None, help="export: the JSON-lines file to write")
+    experiments.add_argument("--out", type=out_file, default=None, help="export: the JSON-lines file to write")
     summary = command("summary", "shape summaries of the small random models", cmd_summary)
     summary.add_argument("families", nargs="*", metavar="FAMILY", help=", ".join(supported_families()))
     return parser
 
 
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed arguments, or a UsageError that names the argument at fault and what is valid."""
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    names = ", ".join(parser.commands)
+    if unknown:
+        if args.command is None:
+            raise UsageError(f"unrecognized arguments: {' '.join(unknown)}; give a command first, one of {names}")
+        options = [o for a in parser.commands[args.command]._actions for o in a.option_strings if o.startswith("--")]
+        raise UsageError(
+            f"unrecognized arguments: {' '.join(unknown)}; arrakis {args.command} takes {', '.join(options)}"
+        )
+    if args.command is None:
+        raise UsageError(f"a command is needed, one of {names} (arrakis COMMAND --help for its options)")
+    return args
+
+
+def _one_line(err: BaseException) -> str:
+    """The first line of an error's message (a KeyError's without its quotes)."""
+    message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    line = next((line.strip() for line in message.splitlines() if line.strip()), "")
+    return line or type(err).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # transformers' "Loading weights" bar: a second of noise on stderr
     try:
-        args = build_parser().parse_args(argv)
+        args = parse(argv)
         data, text = args.fn(args)
-    except UsageError as err:
-        print(f"arrakis: error: {err}", file=sys.stderr)
+    # bad arguments, and input the library refused (ModelLoadError, UnsupportedArchitectureError and
+    # the tools' checks are ValueErrors); anything else is a bug and keeps its traceback
+    except (UsageError, ValueError, KeyError, TypeError, ModelNotFoundError) as err:
+        print(f"arrakis: error: {_one_line(err)}", file=sys.stderr)
         return 2
-    except (ValueError, KeyError, TypeError, ModelNotFoundError) as err:  # input the library refused
-        message = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
-        print(f"arrakis: error: {message.splitlines()[0] if message else type(err).__name__}", file=sys.stderr)
-        return 2
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     if args.json:
         print(json.dumps(data if data is not None else {"text": text}, indent=1, default=str))
     else:

@@ -46,11 +46,12 @@ def test_models_lists_the_families_and_the_embedded_model():
     ("args", "message"),
     [
         (("frobnicate",), "invalid choice: 'frobnicate'"),
-        (("heads", "--threshold", "lots"), "argument --threshold: invalid float value: 'lots'"),
+        (("heads", "--threshold", "lots"), "argument --threshold: must be a number in (0, 1]"),
+        (("heads", "--threshold", "1.5"), "argument --threshold: must be a number in (0, 1]"),
         (("flow", "--prompt", "hi"), "the following arguments are required: --src, --dst"),
         (("summary", "bert"), "unknown family 'bert'"),
         (("heads", "--model", "/nonexistent/model"), "no model at '/nonexistent/model'"),
-        ((), "the following arguments are required: command"),
+        ((), "a command is needed, one of models, analyze, heads"),
     ],
 )
 def test_bad_arguments_exit_2_with_one_line(args, message):
@@ -82,7 +83,10 @@ def test_heads_and_circuits_on_the_embedded_model():
     assert result.returncode == 0 and edges and all(e["ratio"] >= 2.0 for e in edges)
     assert all(e["reader_roles"]["induction"] >= 0.3 for e in edges)
     text = run("heads", "--layer", "200")
-    assert text.returncode == 2 and "layer_idx 200 is out of range: this model has 30 layers (0-29)" in text.stderr
+    assert (
+        text.returncode == 2
+        and "argument --layer: 200 is out of range: this model has 30 layers, so 0..29" in text.stderr
+    )
 
 
 @pytest.mark.slow

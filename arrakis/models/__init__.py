@@ -5,7 +5,7 @@ from arrakis.models.cache import ActivationCache
 from arrakis.models.config import HookedAutoConfig, ModelShape, supported_families
 from arrakis.models.hook_points import HookNameError
 from arrakis.models.hooked_model import HookedAutoModel, load_model
-from arrakis.models.loading import ModelNotFoundError
+from arrakis.models.loading import ModelLoadError, ModelNotFoundError
 from arrakis.models.weights import HeadWeights
 
 __all__ = [
@@ -16,6 +16,7 @@ __all__ = [
     "HookNameError",
     "HookedAutoConfig",
     "HookedAutoModel",
+    "ModelLoadError",
     "ModelNotFoundError",
     "ModelShape",
     "UnsupportedArchitectureError",

@@ -23,12 +23,17 @@ import importlib.util
 import json
 import logging
 import os
+import pickle
+import re
 import shutil
+import struct
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from transformers import (
     AutoConfig,
@@ -38,7 +43,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-from arrakis.models.adapters import adapter_for
+from arrakis.models.adapters import ADAPTERS, UnsupportedArchitectureError, adapter_for
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +57,106 @@ CACHE_FORMAT = 1  # bump when the layout of an entry changes
 
 class ModelNotFoundError(FileNotFoundError):
     """A model that is not on this machine (arrakis never downloads one)."""
+
+
+class ModelLoadError(ValueError):
+    """A model file that is on this machine but cannot be read: truncated, corrupt, or not a
+    model at all. The message's first line names the file and says why."""
+
+
+# What reading a damaged file makes json, struct, numpy, torch, pickle, safetensors and
+# transformers' readers raise. Only the steps that read the user's files are guarded by these.
+_READ_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    ValueError,
+    KeyError,
+    IndexError,
+    TypeError,
+    RuntimeError,
+    EOFError,
+    OverflowError,
+    struct.error,
+    pickle.UnpicklingError,
+)
+try:
+    from safetensors import SafetensorError
+
+    _READ_ERRORS += (SafetensorError,)
+except ImportError:  # pragma: no cover - a safetensors without the name raises OSError or ValueError
+    pass
+
+GGUF_MAGIC = b"GGUF"
+
+
+def _first_line(err: BaseException) -> str:
+    """``Type: the first line of the message``, at most about 200 characters."""
+    text = str(err.args[0]) if isinstance(err, KeyError) and err.args else str(err)
+    line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    line = line if len(line) <= 200 else line[:197] + "..."
+    name = "struct.error" if isinstance(err, struct.error) else type(err).__name__
+    return f"{name}: {line}" if line else name
+
+
+@contextmanager
+def _reading(path: Path, why: str) -> Iterator[None]:
+    """Turn what a damaged ``path`` makes the readers raise into one ModelLoadError that names it
+    (the original error chained). Errors that already say what is wrong pass through."""
+    try:
+        yield
+    except (ModelNotFoundError, ModelLoadError, UnsupportedArchitectureError):
+        raise
+    except _READ_ERRORS as err:
+        raise ModelLoadError(f"cannot read model file {path}: {why} ({_first_line(err)})") from err
+
+
+class _HeldLoadReport(logging.Filter):
+    """Holds back the load report transformers logs (a table of many lines) while it loads weights:
+    logged as usual after a load that works, summed up in one line when the weights do not fit."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "LOAD REPORT" in record.getMessage():
+            self.records.append(record)
+            return False
+        return True
+
+    def mismatch(self) -> str | None:
+        """The first weight whose shape does not fit the config, from the report's table."""
+        for record in self.records:
+            for line in re.sub(r"\x1b\[[0-9;]*m", "", record.getMessage()).splitlines():  # colours off
+                cells = [cell.strip() for cell in line.split("|")]
+                if len(cells) >= 3 and cells[1] == "MISMATCH":
+                    return re.sub(r"\s+", " ", f"{cells[0]}: {cells[2]}")
+        return None
+
+
+@contextmanager
+def _loading_weights(path: Path, why: str) -> Iterator[None]:
+    """``_reading`` around transformers' ``from_pretrained``, with its load report held back."""
+    hf_logger = logging.getLogger("transformers.modeling_utils")
+    held = _HeldLoadReport()
+    hf_logger.addFilter(held)
+    try:
+        with _reading(path, why):
+            try:
+                yield
+            except RuntimeError as err:
+                mismatch = held.mismatch()
+                if mismatch is None:
+                    for record in held.records:
+                        logger.debug("%s", record.getMessage())
+                    raise
+                raise ModelLoadError(
+                    f"cannot read model file {path}: its weights do not have the shapes its config.json gives "
+                    f"({mismatch})"
+                ) from err
+    finally:
+        hf_logger.removeFilter(held)
+    for record in held.records:  # the load worked: its report is shown as transformers meant
+        hf_logger.handle(record)
 
 
 def cache_dir() -> Path:
@@ -191,9 +296,31 @@ def save_converted(model: PreTrainedModel, tokenizer: Any, folder: Path) -> None
 # -- loading ---------------------------------------------------------------------------------
 
 
-def _check_supported(folder: Path, **kwargs: Any) -> None:
-    config = AutoConfig.from_pretrained(folder, local_files_only=True, **kwargs)
-    adapter_for(config.model_type)  # an unsupported architecture fails before any weights load
+def _check_family(model_type: str, source: Path) -> None:
+    """Refuse a family arrakis has no adapter for, naming the file that declares it."""
+    try:
+        adapter_for(model_type)
+    except UnsupportedArchitectureError as err:
+        raise UnsupportedArchitectureError(f"{source}: {err}") from None
+
+
+def check_config(folder: Path) -> None:
+    """Refuse an unreadable config.json, or an unsupported family, before any weights load.
+
+    The model_type is read from the JSON itself: transformers would refuse one it does not know
+    with advice to upgrade it, when the answer is which families arrakis supports."""
+    config_file = folder / "config.json"
+    with _reading(config_file, "it cannot be opened"):
+        text = config_file.read_bytes()
+    with _reading(config_file, "it is not valid JSON"):
+        config = json.loads(text)
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if not isinstance(model_type, str) or not model_type:
+        types = ", ".join(repr(adapter.model_type) for adapter in ADAPTERS.values())
+        raise ModelLoadError(
+            f"cannot read model file {config_file}: it names no model_type; arrakis supports the model types {types}"
+        )
+    _check_family(model_type, config_file)
 
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
@@ -228,16 +355,29 @@ def load_hf_folder(
             f"no model at {str(path)!r}: looked for a local folder with config.json, a .safetensors "
             "file or a .gguf file (arrakis never downloads models)"
         )
+    if not folder.is_dir():
+        with _reading(path, "it cannot be opened"), open(path, "rb") as f:
+            hint = "; it starts like a GGUF file: name it *.gguf" if f.read(len(GGUF_MAGIC)) == GGUF_MAGIC else ""
+        raise ModelLoadError(
+            f"cannot read model file {path}: it is not a model arrakis reads (a folder with config.json, "
+            f"a .safetensors file beside its config.json, or a .gguf file){hint}"
+        )
     if not (folder / "config.json").is_file():
-        found = ", ".join(sorted(p.name for p in folder.iterdir())[:10]) if folder.is_dir() else "not a folder"
-        raise ModelNotFoundError(f"no config.json in {str(folder)!r} (found: {found or 'nothing'})")
+        names = sorted(p.name for p in folder.iterdir())
+        gguf = [name for name in names if name.endswith(".gguf")]
+        hint = f"; to load a GGUF file, pass the file itself: {folder / gguf[0]}" if gguf else ""
+        raise ModelNotFoundError(
+            f"no config.json in {str(folder)!r} (found: {', '.join(names[:10]) or 'nothing'}){hint}"
+        )
     weights = [p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin")]
     if not weights:
         raise ModelNotFoundError(f"no weights (*.safetensors or *.bin) in {str(folder)!r}")
-    _check_supported(folder)
-    model = AutoModelForCausalLM.from_pretrained(
-        folder, local_files_only=True, dtype=dtype, attn_implementation="eager", device_map=device_map
-    )
+    check_config(folder)
+    source = path if path.is_file() else weights[0] if len(weights) == 1 else folder
+    with _loading_weights(source, "it is truncated or corrupt, or does not fit its config.json"):
+        model = AutoModelForCausalLM.from_pretrained(
+            folder, local_files_only=True, dtype=dtype, attn_implementation="eager", device_map=device_map
+        )
     if device is not None and device_map is None:
         model = model.to(device)
     return model, _tokenizer(folder)
@@ -250,13 +390,41 @@ def load_gguf(
     path = Path(path).expanduser()
     if not path.is_file():
         raise ModelNotFoundError(f"no GGUF file at {str(path)!r}")
+    with _reading(path, "it cannot be opened"), open(path, "rb") as f:
+        magic = f.read(len(GGUF_MAGIC))
+    if magic != GGUF_MAGIC:
+        raise ModelLoadError(
+            f"cannot read model file {path}: it is not a GGUF file (one starts with the bytes {GGUF_MAGIC!r}, "
+            f"this one with {magic!r})"
+        )
 
     def convert() -> tuple[PreTrainedModel, Any]:
         logger.info("dequantising %s (tens of seconds; cached afterwards)", path.name)
         kwargs = {"gguf_file": path.name, "local_files_only": True}
-        config = AutoConfig.from_pretrained(path.parent, **kwargs)
-        adapter_for(config.model_type)
-        model = AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32, **kwargs)
+        with _reading(path, "the GGUF file is truncated or corrupt"):
+            try:
+                config = AutoConfig.from_pretrained(path.parent, **kwargs)
+            except ValueError as err:
+                unknown = re.search(r"architecture (\S+) is not supported", str(err))
+                if unknown is None:
+                    raise
+                _check_family(unknown[1], path)  # refuses a family arrakis does not know either
+                raise ModelLoadError(
+                    f"cannot read model file {path}: transformers cannot convert GGUF files of architecture "
+                    f"{unknown[1]!r}; save the model as a Hugging Face folder (config.json and safetensors) instead"
+                ) from err
+        _check_family(config.model_type, path)
+        # a corrupt body's NaNs would make numpy warn once per tensor: they are refused below instead
+        with _loading_weights(path, "the GGUF body is truncated or corrupt"), np.errstate(all="ignore"):
+            model = AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32, **kwargs)
+        # GGUF has no checksum: a body overwritten with garbage dequantises, but its fp16 block
+        # scales then hold infinities and NaNs, which no trained model has (checked before caching)
+        bad = next((name for name, p in model.named_parameters() if not torch.isfinite(p).all()), None)
+        if bad is not None:
+            raise ModelLoadError(
+                f"cannot read model file {path}: the GGUF body is corrupt (its weight {bad} holds values that are "
+                "not finite numbers)"
+            )
         return model, _tokenizer(path.parent, gguf_file=path.name)
 
     if not use_cache:

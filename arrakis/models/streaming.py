@@ -21,7 +21,7 @@ from transformers import AutoConfig
 
 from arrakis.models.adapters import FamilyAdapter, adapter_for
 from arrakis.models.config import ModelShape, model_shape
-from arrakis.models.loading import ModelNotFoundError
+from arrakis.models.loading import ModelNotFoundError, check_config
 from arrakis.models.weights import HeadWeights, Linear, Norm, stack_head_weights
 
 logger = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ class Checkpoint:
             self.folder = self.folder.parent
         if not (self.folder / "config.json").is_file():
             raise ModelNotFoundError(f"no config.json in {str(self.folder)!r}: weights_only needs a checkpoint folder")
+        check_config(self.folder)  # unreadable JSON or an unsupported family, named before anything else
         self.config = AutoConfig.from_pretrained(self.folder, local_files_only=True)
         self.adapter: FamilyAdapter = adapter_for(self.config.model_type)
         self.files = self._weight_map()
