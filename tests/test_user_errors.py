@@ -112,3 +112,24 @@ def test_a_bad_knockout_names_the_head_or_edge_and_leaves_no_hook(knockout, mess
     with pytest.raises((ValueError, TypeError), match=message):
         model.run_with_attention_knockout(ids, knockout)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.hf_model.modules())
+
+
+def test_circuits_check_n_null_before_any_work(monkeypatch):
+    tool = WriteReadAnalyzer(shared("llama"))
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("work started before the arguments were checked")
+
+    monkeypatch.setattr(tool, "head_roles", no_work)
+    monkeypatch.setattr(tool, "composition_scores", no_work)
+    with pytest.raises(ValueError, match="n_null must be a positive int, got 0"):
+        tool.circuits("K", verify=True, n_null=0)
+
+
+@pytest.mark.parametrize(
+    ("pos", "n_pos", "message"), [(1, 1, r"has 1 position \(-1 to 0\)"), (-3, 2, r"has 2 positions \(-2 to 1\)")]
+)
+def test_a_position_out_of_range_names_the_valid_range(pos, n_pos, message):
+    model = shared("llama")
+    with pytest.raises(ValueError, match=rf"position {pos} is out of range: the prompt {message}"):
+        model.knockout_logits(torch.arange(n_pos)[None] + 1, [{}], pos)

@@ -78,6 +78,14 @@ def check_attention_mask(attention_mask: Any, input_ids: Tensor) -> Tensor | Non
     return mask.to(input_ids.device)
 
 
+def check_position(pos: Any, n_pos: int, what: str = "position") -> int:
+    """A position of a prompt of ``n_pos`` tokens, negative counting from the end, as 0..n_pos-1."""
+    if isinstance(pos, bool) or not isinstance(pos, int) or not -n_pos <= pos < n_pos:
+        plural = "position" if n_pos == 1 else "positions"
+        raise ValueError(f"{what} {pos!r} is out of range: the prompt has {n_pos} {plural} ({-n_pos} to {n_pos - 1})")
+    return pos % n_pos
+
+
 def position_ids(attention_mask: Tensor) -> Tensor:
     """Each position's index among its row's real tokens (padding gets 0): [batch, pos]."""
     return (attention_mask.cumsum(-1) - 1).clamp_min(0)

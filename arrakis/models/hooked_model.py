@@ -29,7 +29,7 @@ from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 from arrakis.models import interventions, loading
 from arrakis.models.adapters import adapter_for, qkv_index
 from arrakis.models.adapters.base import module_at
-from arrakis.models.batching import PADDING_SIDES, Tokens, check_attention_mask, pad, position_ids
+from arrakis.models.batching import PADDING_SIDES, Tokens, check_attention_mask, check_position, pad, position_ids
 from arrakis.models.cache import ActivationCache
 from arrakis.models.config import HookedAutoConfig, ModelShape, model_shape
 from arrakis.models.hook_points import NamesFilter, hook_names, select
@@ -538,10 +538,8 @@ class HookedAutoModel(nn.Module):
         input_ids = self.check_input_ids(input_ids)
         if input_ids.shape[0] != 1:
             raise ValueError(f"knockout_logits takes one prompt, got a batch of {input_ids.shape[0]}")
-        n_pos = input_ids.shape[1]
-        if isinstance(position, bool) or not isinstance(position, int) or not -n_pos <= position < n_pos:
-            raise ValueError(f"position {position!r} is out of range: the prompt has {n_pos} positions")
-        return interventions.knockout_logits(self, input_ids, knockouts, position % n_pos, progress=progress)
+        position = check_position(position, input_ids.shape[1])
+        return interventions.knockout_logits(self, input_ids, knockouts, position, progress=progress)
 
     # -- weights ---------------------------------------------------------------------------
 

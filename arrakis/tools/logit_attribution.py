@@ -17,6 +17,7 @@ from torch import Tensor
 
 from arrakis.circuits.logit_attribution import contributions, final_scale
 from arrakis.models import HookedAutoModel
+from arrakis.models.batching import check_position
 from arrakis.tools.results.attribution import LogitAttribution
 
 
@@ -79,6 +80,4 @@ def logit_attribution(model: HookedAutoModel, ids: Tensor, token: int, pos: int,
 
 
 def resolve_pos(pos: Any, n_pos: int) -> int:
-    if isinstance(pos, bool) or not isinstance(pos, int) or not -n_pos <= pos < n_pos:
-        raise ValueError(f"pos {pos!r} is out of range: the prompt has {n_pos} positions ({-n_pos} to {n_pos - 1})")
-    return pos % n_pos
+    return check_position(pos, n_pos, "pos")

@@ -518,8 +518,10 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
                 f"role_threshold must be in (0, 1] (role scores are attention shares), got {role_threshold}"
             )
         runs = self.model.hf_model is not None  # weights-only models have no forward pass
-        if verify and not runs:
-            self.model._require_forward()
+        if verify:
+            n_null = check_positive_int(n_null, "n_null")
+            if not runs:
+                self.model._require_forward()
         if roles is None and (writer_role or reader_role or runs):
             roles = self.head_roles()  # weights-only: only when a role filter asks for them (and fails clearly)
         comp = self.composition_scores(mode, folded=folded)
@@ -550,7 +552,6 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         ]
         verification = None
         if verify and edges:
-            n_null = check_positive_int(n_null, "n_null")
             if probe is None:  # head_roles' default probe
                 probe = self._random_probe()
             batches = self._batches(probe, attention_mask, None)
