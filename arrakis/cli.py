@@ -556,8 +556,9 @@ def _one_line(err: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    bars = hf_logging.is_progress_bar_enabled()
+    bars, verbosity = hf_logging.is_progress_bar_enabled(), hf_logging.get_verbosity()
     hf_logging.disable_progress_bar()  # transformers' "Loading weights" bar: a second of noise on stderr
+    hf_logging.set_verbosity_error()  # and its many-line load reports: a user error is one line
     try:
         args = parse(argv)
         data, text = args.fn(args)
@@ -567,6 +568,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"arrakis: error: {_one_line(err)}", file=sys.stderr)
         return 2
     finally:
+        hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
     if args.json:

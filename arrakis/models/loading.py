@@ -109,54 +109,37 @@ def _reading(path: Path, why: str) -> Iterator[None]:
         raise ModelLoadError(f"cannot read model file {path}: {why} ({_first_line(err)})") from err
 
 
-class _HeldLoadReport(logging.Filter):
-    """Holds back the load report transformers logs (a table of many lines) while it loads weights:
-    logged as usual after a load that works, summed up in one line when the weights do not fit."""
+def shape_mismatch(folder: Path) -> str | None:
+    """The first safetensors weight of ``folder`` whose shape is not the one its config.json
+    gives (the model built on the meta device: no memory), or None."""
+    from safetensors import safe_open
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[logging.LogRecord] = []
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if "LOAD REPORT" in record.getMessage():
-            self.records.append(record)
-            return False
-        return True
-
-    def mismatch(self) -> str | None:
-        """The first weight whose shape does not fit the config, from the report's table."""
-        for record in self.records:
-            for line in re.sub(r"\x1b\[[0-9;]*m", "", record.getMessage()).splitlines():  # colours off
-                cells = [cell.strip() for cell in line.split("|")]
-                if len(cells) >= 3 and cells[1] == "MISMATCH":
-                    return re.sub(r"\s+", " ", f"{cells[0]}: {cells[2]}")
-        return None
+    config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    with torch.device("meta"):
+        expected = {name: tuple(t.shape) for name, t in AutoModelForCausalLM.from_config(config).state_dict().items()}
+    for file in sorted(folder.glob("*.safetensors")):
+        with safe_open(file, framework="pt") as f:
+            for name in f.keys():
+                shape = tuple(f.get_slice(name).get_shape())
+                if name in expected and expected[name] != shape:
+                    return f"{name}: {list(shape)} in {file.name}, {list(expected[name])} by config.json"
+    return None
 
 
 @contextmanager
-def _loading_weights(path: Path, why: str) -> Iterator[None]:
-    """``_reading`` around transformers' ``from_pretrained``, with its load report held back."""
-    hf_logger = logging.getLogger("transformers.modeling_utils")
-    held = _HeldLoadReport()
-    hf_logger.addFilter(held)
-    try:
-        with _reading(path, why):
-            try:
-                yield
-            except RuntimeError as err:
-                mismatch = held.mismatch()
-                if mismatch is None:
-                    for record in held.records:
-                        logger.debug("%s", record.getMessage())
-                    raise
-                raise ModelLoadError(
-                    f"cannot read model file {path}: its weights do not have the shapes its config.json gives "
-                    f"({mismatch})"
-                ) from err
-    finally:
-        hf_logger.removeFilter(held)
-    for record in held.records:  # the load worked: its report is shown as transformers meant
-        hf_logger.handle(record)
+def _loading_weights(path: Path, why: str, folder: Path | None = None) -> Iterator[None]:
+    """``_reading`` around transformers' ``from_pretrained``; weights that do not fit the config
+    of ``folder`` are named (transformers' own report of them is a table of many lines)."""
+    with _reading(path, why):
+        try:
+            yield
+        except RuntimeError as err:
+            mismatch = shape_mismatch(folder) if folder is not None and "mismatched" in str(err) else None
+            if mismatch is None:
+                raise
+            raise ModelLoadError(
+                f"cannot read model file {path}: its weights do not have the shapes its config.json gives ({mismatch})"
+            ) from err
 
 
 def cache_dir() -> Path:
@@ -374,7 +357,7 @@ def load_hf_folder(
         raise ModelNotFoundError(f"no weights (*.safetensors or *.bin) in {str(folder)!r}")
     check_config(folder)
     source = path if path.is_file() else weights[0] if len(weights) == 1 else folder
-    with _loading_weights(source, "it is truncated or corrupt, or does not fit its config.json"):
+    with _loading_weights(source, "it is truncated or corrupt, or does not fit its config.json", folder):
         model = AutoModelForCausalLM.from_pretrained(
             folder, local_files_only=True, dtype=dtype, attn_implementation="eager", device_map=device_map
         )
