@@ -31,6 +31,7 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -97,30 +98,23 @@ def positive_ratio(value: str) -> float:
     return number
 
 
-def positive_int(value: str) -> int:
-    """An int of 1 or more: --top-k."""
-    number = _int(value)
-    if number is None or number < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive int (1, 2, ...), got {value!r}")
-    return number
+def int_argument(minimum: int, valid: str, *, words: tuple[str, ...] = ()) -> Callable[[str], int | str]:
+    """An argparse type: an int >= ``minimum`` (or one of ``words``), else "must be {valid}"."""
+
+    def parse(value: str) -> int | str:
+        if value.strip().lower() in words:
+            return value.strip().lower()
+        number = _int(value)
+        if number is None or number < minimum:
+            raise argparse.ArgumentTypeError(f"must be {valid}, got {value!r}")
+        return number
+
+    return parse
 
 
-def layer_index(value: str) -> int:
-    """A layer: an int of 0 or more (its upper bound is checked once the model is loaded)."""
-    number = _int(value)
-    if number is None or number < 0:
-        raise argparse.ArgumentTypeError(f"must be a layer index, an int 0..n_layers-1, got {value!r}")
-    return number
-
-
-def layer_count(value: str) -> int | str:
-    """The first N layers (N >= 1) or 'all': --layers."""
-    if value.strip().lower() == "all":
-        return "all"
-    number = _int(value)
-    if number is None or number < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive int (the first N layers) or 'all', got {value!r}")
-    return number
+positive_int = int_argument(1, "a positive int (1, 2, ...)")  # --top-k
+layer_index = int_argument(0, "a layer index, an int 0..n_layers-1")  # --layer (its upper bound: once loaded)
+layer_count = int_argument(1, "a positive int (the first N layers) or 'all'", words=("all",))  # --layers
 
 
 def position(value: str) -> int:
