@@ -5,33 +5,39 @@
 8
 """
 
+import importlib
 from typing import Any
 
-from arrakis.models import (
-    ActivationCache,
-    HeadWeights,
-    HookedAutoConfig,
-    HookedAutoModel,
-    HookNameError,
-    ModelLoadError,
-    ModelNotFoundError,
-    ModelShape,
-    UnsupportedArchitectureError,
-    load_model,
-    supported_families,
+# Everything is loaded on first use: ``import arrakis`` (and the command line's argument
+# checks) import neither torch nor transformers, and the import direction (DESIGN.md §10)
+# is kept: the models, then the tools and the bench above them.
+_MODELS = (
+    "ActivationCache",
+    "HeadWeights",
+    "HookedAutoConfig",
+    "HookedAutoModel",
+    "HookNameError",
+    "ModelLoadError",
+    "ModelNotFoundError",
+    "ModelShape",
+    "UnsupportedArchitectureError",
+    "load_model",
+    "supported_families",
 )
-
-# What users import first, from the layers above the models: loaded on first use, so that
-# ``import arrakis`` stays light and the import direction (DESIGN.md §10) is kept.
-_LAZY = {"WriteReadAnalyzer": "arrakis.tools", "BaseInterpretabilityBench": "arrakis.bench"}
+_LAZY = {name: "arrakis.models" for name in _MODELS}
+_LAZY |= {"WriteReadAnalyzer": "arrakis.tools", "BaseInterpretabilityBench": "arrakis.bench"}
 
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(_LAZY[name]), name)
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value  # looked up once
+        return value
     raise AttributeError(f"module 'arrakis' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
 
 
 __all__ = [

@@ -17,7 +17,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
 from arrakis import HookedAutoModel, cli
-from arrakis.cli import main
+from arrakis.cli import commands, main
 from arrakis.models import UnsupportedArchitectureError, load_model, loading
 from arrakis.models.loading import ModelLoadError, ModelNotFoundError
 from tests.conftest import shared
@@ -42,7 +42,7 @@ def refuse(*args, **kwargs):
 @pytest.fixture
 def no_loading(monkeypatch):
     """Any attempt to load a model fails the test."""
-    monkeypatch.setattr(cli, "load_model", refuse)
+    monkeypatch.setattr(commands, "load_model", refuse)
     monkeypatch.setattr(loading, "load_gguf", refuse)
     monkeypatch.setattr(loading, "load_hf_folder", refuse)
     monkeypatch.setattr(HookedAutoModel, "from_pretrained", refuse)
@@ -264,14 +264,14 @@ def word_tokenizer(n: int = 512) -> PreTrainedTokenizerFast:
 def tiny_model(monkeypatch) -> HookedAutoModel:
     """``load_model`` returns a tiny two-layer llama with a word tokenizer; analyses fail the test."""
     model = HookedAutoModel.from_hf(shared("llama").hf_model, tokenizer=word_tokenizer())
-    monkeypatch.setattr(cli, "load_model", lambda *args, **kwargs: model)
+    monkeypatch.setattr(commands, "load_model", lambda *args, **kwargs: model)
 
     def analysis(*args, **kwargs):
         raise AssertionError("an analysis ran")
 
-    monkeypatch.setattr(cli, "heads_table", analysis)
+    monkeypatch.setattr(commands, "heads_table", analysis)
     monkeypatch.setattr("arrakis.report.Report.save", analysis)
-    monkeypatch.setattr(cli.WriteReadAnalyzer, "logit_attribution", analysis)
+    monkeypatch.setattr(commands.WriteReadAnalyzer, "logit_attribution", analysis)
     return model
 
 
@@ -315,7 +315,7 @@ def test_an_internal_bug_still_shows_its_traceback(monkeypatch):
     def bug(*args, **kwargs):
         raise RuntimeError("a bug in arrakis")
 
-    monkeypatch.setattr(cli, "load_model", bug)
+    monkeypatch.setattr(commands, "load_model", bug)
     with pytest.raises(RuntimeError, match="a bug in arrakis"):
         main(["heads"])
 
@@ -343,3 +343,40 @@ def test_the_console_script_exits_2_with_one_line(case, tmp_path):
     assert len(lines) == 1 and lines[0].startswith("arrakis: error: "), result.stderr
     for word in words:
         assert word in lines[0], lines[0]
+
+
+LIGHT = """
+import sys
+from arrakis.cli import main
+code = main(sys.argv[1:])
+heavy = sorted(m for m in ("torch", "transformers", "arrakis.models", "arrakis.cli.commands") if m in sys.modules)
+print("EXIT", code, "LOADED", heavy)
+"""
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--bogus"],
+        [],
+        ["heads", "--threshold", "1.5"],
+        ["circuits", "--top-k", "-1"],
+        ["report", "--out", "r.html", "--src", "nope"],
+        ["heads", "--bogus"],
+    ],
+)
+def test_argument_errors_are_refused_before_torch_loads(argv, tmp_path):
+    """The arguments are checked with the standard library alone (a fraction of a second):
+    neither torch, transformers nor the models are imported to refuse them."""
+    result = subprocess.run(
+        [sys.executable, "-c", LIGHT, *argv], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert "EXIT 2 LOADED []" in result.stdout, (result.stdout, result.stderr)
+    assert len(result.stderr.splitlines()) == 1 and result.stderr.startswith("arrakis: error: "), result.stderr
+
+
+def test_the_command_lines_names_are_the_librarys():
+    from arrakis.circuits.composition import MODES
+    from arrakis.circuits.roles import ROLES
+
+    assert (cli.MODES, cli.ROLES) == (tuple(MODES), tuple(ROLES))
