@@ -5,8 +5,9 @@ docstrings state), whether the input is valid. Valid input must succeed and give
 numbers a brute-force formula written here gives; invalid input must raise a clear error
 (ValueError, TypeError, or a KeyError) that names the argument at fault. Either way the
 model is left exactly as it was (weights, training flag, hooks), in float32, bfloat16 and
-float16. ``test_sabotaged_*`` check that these tests can fail: a public function that
-refuses every input, or accepts what it should refuse, makes them fail.
+float16, on eight families whose maths differ (FAMILIES), with random gains and biases.
+``test_sabotaged_*`` check that these tests can fail: a public function that refuses every
+input, or accepts what it should refuse, makes them fail.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from torch import Tensor
 
 from arrakis import HookedAutoConfig, HookedAutoModel
 from arrakis.tools import WriteReadAnalyzer
+from tests.conftest import randomize_
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TOLERANCE = {"float32": 1e-4, "bfloat16": 3e-2, "float16": 5e-3}  # relative, against a float32 formula
@@ -31,7 +33,7 @@ CLEAR = (ValueError, TypeError, KeyError)
 # derandomize: the same examples on every run, so CI cannot pass or fail by luck; no
 # database: the sabotage tests' failures are not replayed into the real ones.
 SETTINGS = settings(
-    max_examples=40,
+    max_examples=80,
     deadline=None,
     derandomize=True,
     database=None,
@@ -40,13 +42,21 @@ SETTINGS = settings(
 )
 
 
+# Families whose maths differ where these functions look: grouped-query attention (llama),
+# Conv1D and learned positions (gpt2), interleaved q/k/v and partial rotary (gpt-neox), per-head
+# q/k norms with (1 + w) gains and post-norms (gemma3), q/k norms over all heads and no ln1
+# (olmo2), soft-capping and local layers (gemma2), a fused qkv_proj (phi3), LayerNorm (stable-lm).
+FAMILIES = ("llama", "gpt2", "gpt-neox", "gemma3", "olmo2", "gemma2", "phi3", "stable-lm")
+GQA = {"llama", "gemma3", "gemma2"}  # families that take n_kv_heads and d_head here
+
+
 @cache
-def tool(dtype: str) -> WriteReadAnalyzer:
+def tool(dtype: str, family: str = "llama") -> WriteReadAnalyzer:
     torch.manual_seed(0)
-    config = HookedAutoConfig(
-        "llama", n_layers=N_LAYERS, n_heads=N_HEADS, n_kv_heads=2, d_model=D_MODEL, d_head=8, d_mlp=64, d_vocab=D_VOCAB
-    )
-    model = HookedAutoModel(config)
+    shape = dict(n_layers=N_LAYERS, n_heads=N_HEADS, d_model=D_MODEL, d_mlp=64, d_vocab=D_VOCAB)
+    if family in GQA:
+        shape |= dict(n_kv_heads=2, d_head=8)
+    model = randomize_(HookedAutoModel(HookedAutoConfig(family, **shape)))  # gains not 1, biases not 0
     model.hf_model.to(DTYPES[dtype])
     return WriteReadAnalyzer(model)
 
@@ -61,11 +71,11 @@ def same_state(a: tuple, b: tuple) -> bool:
     return all(torch.equal(x, y) for (_, x), (_, y) in zip(a[0], b[0], strict=True)) and a[1:] == b[1:]
 
 
-def check(dtype: str, call, fault: str | None, validate, names: tuple[str, ...] = ()) -> None:
+def check(dtype: str, family: str, call, fault: str | None, validate, names: tuple[str, ...] = ()) -> None:
     """``fault`` is None for valid input: ``call`` must succeed and pass ``validate``.
     Otherwise it says what is wrong, and ``call`` must raise a clear error whose message
     names one of ``names``. The model must not change either way."""
-    t = tool(dtype)
+    t = tool(dtype, family)
     before = state(t.model)
     try:
         result = call(t)
@@ -147,7 +157,9 @@ def valid_selection(selection, expected: list[float] | None, dtype: str, thresho
 # -- strategies: valid input often, invalid input of every kind -----------------------------
 
 dtypes = st.sampled_from(list(DTYPES))
-layers = st.one_of(st.integers(0, N_LAYERS - 1), st.integers(-3, N_LAYERS + 2), st.booleans(), st.floats())
+families = st.sampled_from(FAMILIES)
+# each strategy draws valid input about half the time, and invalid input of every kind otherwise
+layers = st.one_of(st.integers(0, N_LAYERS - 1), st.one_of(st.integers(-3, N_LAYERS + 2), st.booleans(), st.floats()))
 thresholds = st.one_of(
     st.floats(1e-9, 1.0),
     st.just(1),
@@ -163,21 +175,29 @@ vectors = st.builds(
     st.sampled_from([1.0, 1e-3, 0.0, float("nan"), 1e30]),
 )
 writers = st.tuples(st.integers(-2, N_LAYERS + 1), st.integers(-2, N_HEADS + 1))
-dims = st.one_of(st.integers(-3, D_MODEL + 3), writers, vectors, st.floats(), st.lists(st.integers(), max_size=3))
+unit_vectors = st.builds(
+    lambda seed: torch.randn(D_MODEL, generator=torch.Generator().manual_seed(seed)), st.integers(0, 99)
+)
+dims = st.one_of(
+    st.one_of(st.integers(0, D_MODEL - 1), st.tuples(st.just(0), st.integers(0, N_HEADS - 1)), unit_vectors),
+    st.one_of(st.integers(-3, D_MODEL + 3), writers, vectors, st.floats(), st.lists(st.integers(), max_size=3)),
+)
+channels = st.one_of(st.sampled_from(["q", "k", "v", "qkv", "Q", "QKV"]), st.sampled_from(["o", "", "KV", "qk"]))
+modes = st.one_of(st.sampled_from(["Q", "k", "V", "q"]), st.text(max_size=2), st.integers())
 HUGE, TINY = torch.randn(D_MODEL) * 1e30, torch.randn(D_MODEL) * 1e-30  # ||u|| over- and underflows in float32
 
 
 @SETTINGS
-@given(dtype=dtypes, layer=layers, threshold=thresholds)
-def test_write_heads(dtype, layer, threshold):
+@given(family=families, dtype=dtypes, layer=layers, threshold=thresholds)
+def test_write_heads(family, dtype, layer, threshold):
     fault = first(layer_fault(layer), threshold_fault(threshold))
 
     def validate(selection) -> None:
-        w = weights32(tool(dtype))
+        w = weights32(tool(dtype, family))
         expected = [float(ov(w, layer, h).norm()) for h in range(N_HEADS)]  # ||OV[h]||_F
         valid_selection(selection, expected, dtype, threshold)
 
-    check(dtype, lambda t: t.identify_write_heads(layer, threshold), fault, validate, ("layer", "threshold"))
+    check(dtype, family, lambda t: t.identify_write_heads(layer, threshold), fault, validate, ("layer", "threshold"))
 
 
 def read_fault(layer: object, dim: object, channel: object) -> str | None:
@@ -213,31 +233,37 @@ def read_expected(t: WriteReadAnalyzer, layer: int, dim: object, channel: str) -
 
 
 @SETTINGS
-@given(dtype=dtypes, layer=layers, dim=dims, channel=st.sampled_from(["q", "k", "v", "qkv", "o", "Q", "", "KV"]))
-@example(dtype="float32", layer=1, dim=HUGE, channel="qkv")
-@example(dtype="float16", layer=0, dim=TINY, channel="k")
-def test_read_heads(dtype, layer, dim, channel):
+@given(
+    family=families,
+    dtype=dtypes,
+    layer=layers,
+    dim=dims,
+    channel=st.sampled_from(["q", "k", "v", "qkv", "o", "Q", "", "KV"]),
+)
+@example(family="llama", dtype="float32", layer=1, dim=HUGE, channel="qkv")
+@example(family="llama", dtype="float16", layer=0, dim=TINY, channel="k")
+def test_read_heads(family, dtype, layer, dim, channel):
     fault = read_fault(layer, dim, channel)
     names = ("layer", "dim_idx", "writer", "channel", "direction")
 
     def validate(selection) -> None:
-        valid_selection(selection, read_expected(tool(dtype), layer, dim, channel), dtype)
+        valid_selection(selection, read_expected(tool(dtype, family), layer, dim, channel), dtype)
 
-    check(dtype, lambda t: t.identify_read_heads(layer, dim, channel=channel), fault, validate, names)
+    check(dtype, family, lambda t: t.identify_read_heads(layer, dim, channel=channel), fault, validate, names)
 
 
 @SETTINGS
-@given(dtype=dtypes, direction=st.one_of(vectors, dims))
-@example(dtype="float32", direction=HUGE)
-@example(dtype="bfloat16", direction=TINY)
-def test_write_heads_along_a_direction(dtype, direction):
+@given(family=families, dtype=dtypes, direction=st.one_of(vectors, dims))
+@example(family="llama", dtype="float32", direction=HUGE)
+@example(family="llama", dtype="bfloat16", direction=TINY)
+def test_write_heads_along_a_direction(family, dtype, direction):
     fault = direction_fault(direction)
 
     def validate(selection) -> None:
-        w, u = weights32(tool(dtype)), unit64(direction)
+        w, u = weights32(tool(dtype, family)), unit64(direction)
         valid_selection(selection, [float((ov(w, 1, h) @ u).norm()) for h in range(N_HEADS)], dtype)  # ||OV u^||
 
-    check(dtype, lambda t: t.identify_write_heads(1, direction=direction), fault, validate, ("direction",))
+    check(dtype, family, lambda t: t.identify_write_heads(1, direction=direction), fault, validate, ("direction",))
 
 
 input_ids = st.one_of(
@@ -269,24 +295,27 @@ def ids_fault(ids: object) -> str | None:
 
 
 @SETTINGS
-@given(dtype=dtypes, ids=input_ids)
-def test_forward_and_data_write_scores(dtype, ids):
+@given(family=families, dtype=dtypes, ids=input_ids)
+def test_forward_and_data_write_scores(family, dtype, ids):
     fault = ids_fault(ids)
 
     def validate(selection) -> None:
         assert selection.method == "data"
-        t = tool(dtype)
+        t = tool(dtype, family)
         _, cache = t.model.run_with_cache(torch.as_tensor(ids).long().reshape(-1, torch.as_tensor(ids).shape[-1]))
         written = torch.einsum("bphd,hdm->bphm", cache["blocks.0.attn.hook_z"].float(), weights32(t)["O"][0])
         valid_selection(selection, written.norm(dim=-1).mean((0, 1)).tolist(), dtype)  # mean ||z W_O|| per head
 
     names = ("input_ids", "token id", "tokenizer")
-    check(dtype, lambda t: t.identify_write_heads(0, input_ids=ids), fault, validate, names)
+    check(dtype, family, lambda t: t.identify_write_heads(0, input_ids=ids), fault, validate, names)
 
 
 PROMPT = torch.tensor([[3, 5, 7, 5, 9, 11, 5, 13]])
-positions = st.one_of(st.integers(0, 7), st.integers(-2, 10))
-n_layers_choices = st.one_of(st.none(), st.integers(-1, N_LAYERS + 2), st.just(True))
+edges = st.one_of(
+    st.tuples(st.integers(0, 6), st.integers(1, 7)).filter(lambda e: e[0] < e[1]),
+    st.tuples(st.integers(-2, 10), st.integers(-2, 10)),
+)
+n_layers_choices = st.one_of(st.none(), st.integers(1, N_LAYERS), st.integers(-1, N_LAYERS + 2), st.just(True))
 
 
 def flow_fault(src: int, dst: int, n_layers: object) -> str | None:
@@ -301,8 +330,10 @@ FLOW_NAMES = ("src", "dst", "position", "n_layers")
 
 
 @SETTINGS
-@given(dtype=dtypes, src=positions, dst=positions, n_layers=n_layers_choices)
-def test_information_flow_routes(dtype, src, dst, n_layers):
+@given(family=families, dtype=dtypes, edge=edges, n_layers=n_layers_choices)
+def test_information_flow_routes(family, dtype, edge, n_layers):
+    src, dst = edge
+
     def validate(flow) -> None:
         assert (flow.src_pos, flow.dst_pos) == (src, dst) and len(flow) == (n_layers or N_LAYERS)
         assert all(0 <= f <= 1 + 1e-5 for f in flow)
@@ -312,6 +343,7 @@ def test_information_flow_routes(dtype, src, dst, n_layers):
 
     check(
         dtype,
+        family,
         lambda t: t.trace_information_flow(PROMPT, src_pos=src, dst_pos=dst, n_layers=n_layers, method="routes"),
         flow_fault(src, dst, n_layers),
         validate,
@@ -320,19 +352,22 @@ def test_information_flow_routes(dtype, src, dst, n_layers):
 
 
 @SETTINGS
-@given(dtype=dtypes, src=positions, dst=positions, n_layers=n_layers_choices)
-def test_information_flow_attribution(dtype, src, dst, n_layers):
+@given(family=families, dtype=dtypes, edge=edges, n_layers=n_layers_choices)
+def test_information_flow_attribution(family, dtype, edge, n_layers):
+    src, dst = edge
+
     def validate(flow) -> None:
         assert (flow.src_pos, flow.dst_pos) == (src, dst) and len(flow) == (n_layers or N_LAYERS)
         assert torch.isfinite(flow.head_scores).all()
         assert list(flow) == pytest.approx(flow.head_scores.sum(1).tolist(), abs=1e-5)
-        _, cache = tool(dtype).model.run_with_cache(PROMPT)
+        _, cache = tool(dtype, family).model.run_with_cache(PROMPT)
         for lf in flow.layers:  # each head's attention on the edge is the clean pattern's
             pattern = cache[f"blocks.{lf.layer}.attn.hook_pattern"][0, :, dst, src].float()
             assert [h.attention for h in lf.heads] == pytest.approx(pattern.tolist(), abs=1e-3)
 
     check(
         dtype,
+        family,
         lambda t: t.trace_information_flow(PROMPT, src_pos=src, dst_pos=dst, n_layers=n_layers),
         flow_fault(src, dst, n_layers),
         validate,
@@ -341,12 +376,16 @@ def test_information_flow_attribution(dtype, src, dst, n_layers):
 
 
 @SETTINGS
-@given(dtype=dtypes, mode=st.one_of(st.sampled_from(["Q", "k", "V", "q"]), st.text(max_size=2), st.integers()))
-def test_composition_modes(dtype, mode):
+@given(
+    family=families,
+    dtype=dtypes,
+    mode=st.one_of(st.sampled_from(["Q", "k", "V", "q"]), st.text(max_size=2), st.integers()),
+)
+def test_composition_modes(family, dtype, mode):
     valid = isinstance(mode, str) and mode.upper() in ("Q", "K", "V")
 
     def validate(scores) -> None:
-        t = tool(dtype)
+        t = tool(dtype, family)
         w, name = weights32(t), mode.upper()
         for h1 in range(N_HEADS):  # writer layer 0 -> reader layer 1, by the formula of DESIGN.md §6
             writer = ov(w, 0, h1)
@@ -356,19 +395,27 @@ def test_composition_modes(dtype, mode):
                 assert float(scores.tensor[0, h1, 1, h2]) == pytest.approx(expected, rel=TOLERANCE[dtype])
         assert (scores.tensor[1, :, 0, :] == 0).all() and (scores.tensor[0, :, 0, :] == 0).all()  # l1 >= l2
 
-    check(dtype, lambda t: t.composition_scores(mode), None if valid else f"mode {mode!r}", validate, ("mode",))
+    check(dtype, family, lambda t: t.composition_scores(mode), None if valid else f"mode {mode!r}", validate, ("mode",))
 
 
 @cache
-def all_hooks() -> tuple[str, ...]:
-    _, cache_ = tool("float32").model.run_with_cache(torch.tensor([[1, 2, 3]]))
+def all_hooks(family: str) -> tuple[str, ...]:
+    _, cache_ = tool("float32", family).model.run_with_cache(torch.tensor([[1, 2, 3]]))
     return tuple(sorted(cache_))
 
 
+@cache
+def hooks_of_any_family() -> tuple[str, ...]:
+    return tuple(sorted({name for family in FAMILIES for name in all_hooks(family)}))
+
+
+hook_names = st.deferred(lambda: st.sampled_from(hooks_of_any_family()))  # built when first drawn
+
+
 @SETTINGS
-@given(dtype=dtypes, names=st.lists(st.one_of(st.sampled_from(all_hooks()), st.text(max_size=30)), max_size=3))
-def test_hook_names(dtype, names):
-    unknown = [n for n in names if n not in all_hooks()]
+@given(family=families, dtype=dtypes, names=st.lists(st.one_of(hook_names, st.text(max_size=30)), max_size=3))
+def test_hook_names(family, dtype, names):
+    unknown = [n for n in names if n not in all_hooks(family)]  # e.g. hook_resid_mid of a parallel block
 
     def validate(result) -> None:
         _, cache = result
@@ -376,7 +423,7 @@ def test_hook_names(dtype, names):
 
     fault = f"unknown hook names {unknown}" if unknown else None
     call = lambda t: t.model.run_with_cache(torch.tensor([[1, 2, 3]]), names=names)  # noqa: E731
-    check(dtype, call, fault, validate, tuple(repr(n) for n in unknown) or ("hook",))
+    check(dtype, family, call, fault, validate, tuple(repr(n) for n in unknown) or ("hook",))
 
 
 # -- the tests above can fail -----------------------------------------------------------------
