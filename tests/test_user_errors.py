@@ -133,3 +133,22 @@ def test_a_position_out_of_range_names_the_valid_range(pos, n_pos, message):
     model = shared("llama")
     with pytest.raises(ValueError, match=rf"position {pos} is out of range: the prompt {message}"):
         model.knockout_logits(torch.arange(n_pos)[None] + 1, [{}], pos)
+
+
+def test_an_empty_circuit_says_which_filter_emptied_it():
+    tool = WriteReadAnalyzer(shared("llama"))
+    comp = tool.composition_scores("K")
+    later = comp.tensor[0]  # writer layer 0 -> reader layer 1: the only pairs of increasing layers
+    best = max(((h1, h2) for h1 in range(4) for h2 in range(4)), key=lambda p: float(later[p[0], 1, p[1]]))
+    ratio = float(later[best[0], 1, best[1]]) / comp.baseline
+    circuit = tool.circuits("K", min_ratio=50)
+    assert len(circuit) == 0 and circuit.notes == [
+        f"the strongest K-composition the role filters allow is L0H{best[0]} -> L1H{best[1]}, "
+        f"{ratio:.2f}x the baseline: below min_ratio 50"
+    ]
+    assert "note: the strongest" in repr(circuit)
+    empty = tool.circuits("K", writer_role="induction", role_threshold=0.99)
+    count = int((tool.head_roles().induction >= 0.99).sum())  # none on a random model
+    assert empty.notes == [
+        f"no pair of heads in increasing layers passes the role filters ({count} heads score >= 0.99 as induction)"
+    ]

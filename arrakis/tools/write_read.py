@@ -525,11 +525,13 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         if roles is None and (writer_role or reader_role or runs):
             roles = self.head_roles()  # weights-only: only when a role filter asks for them (and fails clearly)
         comp = self.composition_scores(mode, folded=folded)
-        keep = comp.tensor >= min_ratio * comp.baseline  # [L, H, L, H]
+        layer = torch.arange(self.cfg.n_layers, device=comp.tensor.device)
+        allowed = (layer[:, None] < layer[None, :])[:, None, :, None].expand(comp.tensor.shape)  # [L, H, L, H]
         if writer_role:
-            keep &= (roles.scores(writer_role) >= role_threshold)[:, :, None, None]
+            allowed = allowed & (roles.scores(writer_role) >= role_threshold)[:, :, None, None]
         if reader_role:
-            keep &= (roles.scores(reader_role) >= role_threshold)[None, None, :, :]
+            allowed = allowed & (roles.scores(reader_role) >= role_threshold)[None, None, :, :]
+        keep = allowed & (comp.tensor >= min_ratio * comp.baseline)
         index = keep.nonzero().tolist()
         values = [float(comp.tensor[tuple(i)]) for i in index]
         order = sorted(range(len(index)), key=lambda k: -values[k])[: top_k if top_k is not None else None]
@@ -560,8 +562,13 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
             results, verification = verify_circuit(self.model, ids, mask, pairs, mode, n_null=n_null)
             for edge, (effect, ratio) in zip(edges, results, strict=True):
                 edge.causal_effect, edge.ratio_to_null = effect, ratio
+        notes = []
+        if not edges:
+            why = dict(writer_role=writer_role, reader_role=reader_role, role_threshold=role_threshold)
+            notes.append(self._why_no_edge(comp, allowed, min_ratio, roles, **why))
         return Circuit(
             edges,
+            notes=notes,
             mode=mode,
             baseline=comp.baseline,
             min_ratio=min_ratio,
@@ -569,6 +576,25 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
             reader_role=reader_role,
             role_threshold=role_threshold if (writer_role or reader_role) else None,
             verification=verification,
+        )
+
+    @staticmethod
+    def _why_no_edge(comp: CompositionScores, allowed: Tensor, min_ratio: float, roles: Any, **filters: Any) -> str:
+        """Which filter emptied a circuit: the role filters, or min_ratio (naming the best pair)."""
+        threshold = filters.pop("role_threshold")
+        counts = [
+            f"{int((roles.scores(role) >= threshold).sum())} heads score >= {threshold:g} as {role}"
+            for role in filters.values()
+            if role
+        ]
+        if not allowed.any():
+            return f"no pair of heads in increasing layers passes the role filters ({'; '.join(counts)})"
+        scores = comp.tensor.masked_fill(~allowed, -1.0)
+        a, b, c, d = (int(i) for i in torch.unravel_index(scores.argmax(), scores.shape))
+        ratio = float(scores[a, b, c, d]) / comp.baseline
+        return (
+            f"the strongest {comp.mode}-composition the role filters allow is L{a}H{b} -> L{c}H{d}, "
+            f"{ratio:.2f}x the baseline: below min_ratio {min_ratio:g}"
         )
 
 

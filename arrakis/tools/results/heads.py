@@ -288,11 +288,13 @@ class Circuit(list):
         reader_role: str | None = None,
         role_threshold: float | None = None,
         verification: dict[str, Any] | None = None,
+        notes: list[str] | None = None,
     ) -> None:
         super().__init__(edges)
         self.mode, self.baseline, self.min_ratio = mode, float(baseline), float(min_ratio)
         self.writer_role, self.reader_role, self.role_threshold = writer_role, reader_role, role_threshold
         self.verification = verification
+        self.notes = list(notes or [])  # e.g. why there is no edge
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -304,6 +306,7 @@ class Circuit(list):
             "reader_role": self.reader_role,
             "role_threshold": self.role_threshold,
             "verification": self.verification,
+            "notes": self.notes,
         }
 
     def summary(self) -> str:
@@ -339,4 +342,5 @@ class Circuit(list):
             causal = "" if e.causal_effect is None else f"  effect {e.causal_effect:.4f} ({e.ratio_to_null:.1f}x null)"
             edge = f"L{e.writer[0]}H{e.writer[1]} -> L{e.reader[0]}H{e.reader[1]}"
             lines.append(f"  {edge}  {e.score:.3f} ({e.ratio:.1f}x){causal}")
+        lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)
