@@ -10,8 +10,12 @@ softmax renormalises the rest of the row exactly:
 Batched: many knocked-out copies of one prompt run as one batch, each copy with its own
 edges. A knockout whose edges all sit in query rows >= q0 cannot change anything before
 q0, so the clean prefix ids[:q0] runs once, with its key/value cache, and only the suffix
-q0..position runs per copy (for edges in dst's row, one token per copy). Logits are kept
-at one position only: the output embedding sees that position's hidden state alone.
+q0..position runs per copy. Logits are kept at one position only: the output embedding
+sees that position's hidden state alone. When every edge is in dst's row (flow
+verification), the copies are one token each, and they run as the query tokens of a single
+sequence over a single prefix cache, all at dst's position id, each masked from the others
+(2.5x faster than a batch row per copy at 60 tokens, 4x at 500, in a tenth of the memory);
+a family whose attention masks by position itself (GPT-Neo) keeps a batch row per copy.
 
 Pattern gradients. ``pattern_gradients`` runs the prompt once with autograd on, from the
 first layer asked for (nothing before it keeps a graph; parameters never get gradients),
@@ -96,6 +100,31 @@ def _knockout_hook(n_heads: int, rows: list[list[Edge]], first_query: int) -> Ca
     return hook
 
 
+def _copies_hook(n_heads: int, rows: list[list[Edge]], n_prefix: int) -> Callable:
+    """A pre-hook on an attention module for copies run as query tokens of one sequence: copy b
+    is the token at position ``n_prefix`` (the same ids and position id), appended after the
+    clean prefix's cache. Each copy sees the prefix as the first copy's row of the model's own
+    mask allows (causality, sliding windows) and its own key, not the other copies; then its
+    edges are blocked, per head."""
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        mask = kwargs.get("attention_mask")
+        if mask is None or mask.dim() != 4 or not mask.dtype.is_floating_point:
+            raise RuntimeError(f"attention knockout needs an additive 4-D float mask, got {type(mask).__name__}")
+        row = mask[0, 0, 0, : n_prefix + 1]  # what a query at position n_prefix may see
+        n_copies, blocked = len(rows), torch.finfo(mask.dtype).min
+        copies = torch.arange(n_copies, device=mask.device)
+        new = torch.full((1, n_heads, n_copies, n_prefix + n_copies), blocked, dtype=mask.dtype, device=mask.device)
+        new[..., :n_prefix] = row[:n_prefix]
+        new[0, :, copies, n_prefix + copies] = row[n_prefix]
+        for b, edges in enumerate(rows):
+            for head, _, key in edges:
+                new[0, slice(None) if head is None else head, b, key if key < n_prefix else n_prefix + b] = blocked
+        return args, {**kwargs, "attention_mask": new}
+
+    return hook
+
+
 @contextmanager
 def _logits_at(model: HookedAutoModel, index: int) -> Iterator[None]:
     """Only the hidden state at ``index`` (of the positions this pass runs) reaches the
@@ -120,10 +149,12 @@ def knockout_logits(
     *,
     budget: int = DEFAULT_BUDGET,
     progress: bool = True,
+    one_sequence: bool = True,
 ) -> Tensor:
     """Logits at ``position`` [len(knockouts), d_vocab] of one prompt (input_ids [1, pos]),
     one row per knockout, computed in batches of copies whose activations fit ``budget``
-    bytes. An empty knockout ({}) gives the clean logits."""
+    bytes. An empty knockout ({}) gives the clean logits. ``one_sequence=False`` runs copies
+    as batch rows even where they could be query tokens of one sequence (for comparison)."""
     n_pos = input_ids.shape[1]
     if not 0 <= position < n_pos:
         raise ValueError(f"position {position} is out of range: the prompt has {n_pos} positions (0-{n_pos - 1})")
@@ -132,6 +163,8 @@ def knockout_logits(
     if any(q > position for q in queries):
         raise ValueError(f"a knocked-out edge's query is after position {position}: it cannot change its logits")
     first = min(queries, default=position)  # nothing before it changes: run that prefix once
+    if one_sequence and first == position > 0 and not model.adapter.masks_by_position:  # all in dst's row
+        return _knockout_copies(model, input_ids, plans, position, budget=budget, progress=progress)
     cfg = model.cfg
     n_run = position + 1 - first
     keys = position + 1
@@ -167,6 +200,44 @@ def knockout_logits(
                     kwargs[cache_arg] = cache
                     kwargs["position_ids"] = torch.arange(first, position + 1, device=ids.device).expand(len(chunk), -1)
                 out.append(model.hf_model(input_ids=ids, **kwargs).logits[:, -1].float())
+    return torch.cat(out)
+
+
+MAX_COPIES = 512  # copies per pass: their mask grows with its square
+
+
+def _knockout_copies(
+    model: HookedAutoModel, input_ids: Tensor, plans: list[dict[int, list[Edge]]], position: int, *, budget: int,
+    progress: bool,
+) -> Tensor:  # fmt: skip
+    """``knockout_logits`` where every edge's query is ``position``: the clean prefix runs once;
+    then all copies of the token at ``position`` run as the query tokens of one sequence over
+    that one cache (no copy of it per knockout), each with its own edges blocked and the other
+    copies masked out (``_copies_hook``), at ``position``'s position id."""
+    cfg = model.cfg
+    per_copy = 4 * (4 * cfg.n_heads * (position + 1) + 16 * cfg.d_model + cfg.d_vocab)
+    batch = max(1, min(len(plans), MAX_COPIES, budget // per_copy))
+    layers = module_at(model.hf_model, model.adapter.layers)
+    out = []
+    with torch.no_grad():
+        prefix_cache, cache_arg = DynamicCache(), _cache_argument(model.hf_model)  # every key, also when sliding
+        model.hf_model(input_ids=input_ids[:, :position], use_cache=True, **{cache_arg: prefix_cache})
+        starts = range(0, len(plans), batch)
+        for start in tqdm(starts, desc="knockouts", unit="batch", leave=False, disable=not progress or len(starts) < 4):
+            chunk = plans[start : start + batch]
+            ids = input_ids[:, position : position + 1].expand(1, len(chunk))
+            with ExitStack() as stack:
+                for layer, block in enumerate(layers):  # every layer: the copies must not see each other
+                    rows = [plan.get(layer, []) for plan in chunk]
+                    attn = module_at(block, model.adapter.attn)
+                    handle = attn.register_forward_pre_hook(_copies_hook(cfg.n_heads, rows, position), with_kwargs=True)
+                    stack.callback(handle.remove)
+                kwargs = {
+                    cache_arg: copy.deepcopy(prefix_cache) if len(starts) > 1 else prefix_cache,
+                    "position_ids": torch.full_like(ids, position),
+                    "use_cache": True,
+                }
+                out.append(model.hf_model(input_ids=ids, **kwargs).logits[0].float())
     return torch.cat(out)
 
 

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from arrakis import HookedAutoModel
+from tests.conftest import VARIANTS as ALL_VARIANTS
 from tests.conftest import shared
 
 ATOL, RTOL = 1e-5, 1e-5
@@ -187,3 +188,39 @@ def test_batched_knockouts_with_the_cached_prefix_equal_single_runs_and_the_hand
         torch.testing.assert_close(batched[row], expected, atol=ATOL, rtol=RTOL)
     clean = batched[len(singles)]
     assert (batched[: len(singles)] - clean).abs().amax(-1).min() > 1e-4  # every single edge mattered
+
+
+@pytest.mark.parametrize("variant", list(ALL_VARIANTS))
+@pytest.mark.parametrize("max_copies", [512, 2])
+def test_knockouts_in_dsts_row_run_as_copies_of_one_token_and_equal_the_hand_computation(
+    variant, max_copies, monkeypatch
+):
+    """When every edge is in dst's row (flow verification), the copies run as query tokens of
+    one sequence over one prefix cache, each masked from the others; their logits equal each
+    knockout's own forward pass and, for single edges, the hand-renormalised row. With
+    max_copies=2 they run in several passes over copies of the prefix cache."""
+    import arrakis.models.interventions as interventions
+
+    model = shared(variant)
+    ids = ids_for(model)
+    _, cache = model.run_with_cache(ids)
+    monkeypatch.setattr(interventions, "MAX_COPIES", max_copies)
+    used = []
+    copies = interventions._knockout_copies
+    monkeypatch.setattr(interventions, "_knockout_copies", lambda *a, **k: used.append(1) or copies(*a, **k))
+    n_layers, position = model.cfg.n_layers, T - 1
+    singles = [(0, 0, position), (n_layers - 1, model.cfg.n_heads - 1, position)]
+    singles = [(layer, head, strong_source(model, cache, layer, head, position)) for layer, head, _ in singles]
+    knockouts = [{layer: [(head, position, src)]} for layer, head, src in singles]
+    knockouts += [
+        {},
+        {0: [(None, position, position)], n_layers - 1: [(1, position, position - 1), (2, position, 0)]},
+        {layer: [(None, position, position - 4)] for layer in range(n_layers)},
+    ]
+    batched = model.knockout_logits(ids, knockouts, position, progress=False)
+    assert bool(used) != model.adapter.masks_by_position  # gpt-neo masks by position: one copy per row
+    alone = torch.stack([model.run_with_attention_knockout(ids, k).logits[0, position].float() for k in knockouts])
+    torch.testing.assert_close(batched, alone, atol=ATOL, rtol=RTOL)
+    for row, (layer, head, src) in enumerate(singles):
+        expected = logits_with_z(model, ids, layer, head, position, renormalised_z(cache, layer, head, position, src))
+        torch.testing.assert_close(batched[row], expected[position], atol=ATOL, rtol=RTOL)

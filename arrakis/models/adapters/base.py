@@ -78,6 +78,10 @@ class FamilyAdapter:
     # post-norms: the attention (MLP) output normalised before it is added to the residual
     attn_post_norm: str | None = None
     mlp_post_norm: str | None = None
+    # the attention module masks by position itself (a causal/local bias indexed by the number of
+    # queries and keys, as GPT-Neo's), not only through the mask it is given: knocked-out copies
+    # must then run at their own positions, not as extra query tokens of one sequence
+    masks_by_position: bool = False
     # fills config fields that depend on others (e.g. GPT-Neo's per-layer attention types)
     derive: Callable[[dict[str, Any]], dict[str, Any]] | None = field(default=None, compare=False)
 

@@ -54,5 +54,6 @@ ADAPTER = FamilyAdapter(
     },
     norm="layernorm",
     mlp_ratio_if_unset=4,
+    masks_by_position=True,  # GPTNeoSelfAttention's own causal/local bias buffer
     derive=_attention_types,
 )
