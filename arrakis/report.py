@@ -153,7 +153,7 @@ class Report:
 
     def _attribution(self) -> Section:
         """Which heads write the prediction at dst (the flow's question), signed."""
-        ids, src, dst, described = self._flow_question()
+        ids, src, dst, described = self.flow_question()
         logits = self.model.run_with_cache(ids[:, : dst + 1], names=["logits"])[0].logits[0, dst]
         token = int(ids[0, src]) if self.prompt is None else int(logits.argmax())
         result = self.tool.logit_attribution(ids[:, : dst + 1], token, pos=dst)
@@ -166,7 +166,7 @@ class Report:
         return Section("Logit attribution", body, [figure_data_uri(result.plot())])
 
     def _flow(self) -> Section:
-        ids, src, dst, described = self._flow_question()
+        ids, src, dst, described = self.flow_question()
         # repeated random tokens: measure the induction continuation (the token after src's
         # first occurrence), whatever the model's top prediction is; a prompt: its top prediction
         target = int(ids[0, src]) if self.prompt is None else None
@@ -178,7 +178,10 @@ class Report:
         )
         return Section("Information flow", body, [figure_data_uri(flow.plot())])
 
-    def _flow_question(self) -> tuple[torch.Tensor, int, int, str]:
+    def flow_question(self) -> tuple[torch.Tensor, int, int, str]:
+        """(ids, src, dst, description) of the flow trace and logit attribution: the prompt's
+        src and dst tokens (by default its first and last), or repeated random tokens. A token
+        that is not in the prompt raises here, before any section is computed."""
         if self.prompt is None:
             ids, src, dst = induction_question(self.model)
             return ids, src, dst, f"Repeated random tokens: from position {src} (after the first occurrence) to {dst}"

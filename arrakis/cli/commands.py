@@ -17,7 +17,7 @@ from arrakis.cli import ROLE_THRESHOLD, UsageError, check_layer
 from arrakis.models import HookedAutoConfig, HookedAutoModel, ModelNotFoundError, load_model, supported_families
 from arrakis.models.loading import EMBEDDED_FILE, GEMMA3_FILE, GEMMA3_PACKAGES, cache_dir, embedded_model_path
 from arrakis.tools import WriteReadAnalyzer
-from arrakis.tools.flow_question import induction_question, resolve_positions
+from arrakis.tools.flow_question import induction_question
 from arrakis.tools.logit_attribution import resolve_pos
 
 # -- printing ----------------------------------------------------------------------------------
@@ -266,13 +266,9 @@ def cmd_attribute(args: argparse.Namespace) -> Any:
 def cmd_report(args: argparse.Namespace) -> Any:
     from arrakis.report import Report
 
-    model = load_model(args.model)
-    if args.prompt is not None:  # src and dst resolved as the report will, before its analyses run
-        ids = model.to_tokens(args.prompt)
-        n_pos = model.check_input_ids(ids).shape[1]
-        src_pos, dst_pos = (0 if args.src is None else None), (n_pos - 1 if args.dst is None else None)
-        resolve_positions(model, ids, args.src, args.dst, src_pos, dst_pos, None)  # a ValueError names the token
-    path = Report(model, prompt=args.prompt, src=args.src, dst=args.dst).save(args.out)
+    report = Report(load_model(args.model), prompt=args.prompt, src=args.src, dst=args.dst)
+    report.flow_question()  # a token not in the prompt is refused before any analysis runs
+    path = report.save(args.out)
     return {"report": str(path)}, f"report written to {path}"
 
 

@@ -41,6 +41,7 @@ from tqdm import tqdm
 from transformers import DynamicCache
 
 from arrakis.models.adapters.base import module_at
+from arrakis.models.batching import check_position
 
 if TYPE_CHECKING:
     from arrakis.models.hooked_model import HookedAutoModel
@@ -81,14 +82,20 @@ def check_knockouts(model: HookedAutoModel, knockouts: Sequence[Knockout], n_pos
     return out
 
 
+def _additive_mask(kwargs: dict) -> Tensor:
+    """The additive 4-D float attention mask an attention module was called with."""
+    mask = kwargs.get("attention_mask")
+    if mask is None or mask.dim() != 4 or not mask.dtype.is_floating_point:
+        raise RuntimeError(f"attention knockout needs an additive 4-D float mask, got {type(mask).__name__}")
+    return mask
+
+
 def _knockout_hook(n_heads: int, rows: list[list[Edge]], first_query: int) -> Callable:
     """A pre-hook on an attention module: batch row b blocks ``rows[b]``'s edges (query
     positions counted from ``first_query``, where the pass starts)."""
 
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        mask = kwargs.get("attention_mask")
-        if mask is None or mask.dim() != 4 or not mask.dtype.is_floating_point:
-            raise RuntimeError(f"attention knockout needs an additive 4-D float mask, got {type(mask).__name__}")
+        mask = _additive_mask(kwargs)
         # [batch or 1, 1, query_pos, key_pos] -> one mask per copy and head
         mask = mask.expand(len(rows), n_heads, *mask.shape[2:]).clone()
         blocked = torch.finfo(mask.dtype).min
@@ -108,9 +115,7 @@ def _copies_hook(n_heads: int, rows: list[list[Edge]], n_prefix: int) -> Callabl
     edges are blocked, per head."""
 
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        mask = kwargs.get("attention_mask")
-        if mask is None or mask.dim() != 4 or not mask.dtype.is_floating_point:
-            raise RuntimeError(f"attention knockout needs an additive 4-D float mask, got {type(mask).__name__}")
+        mask = _additive_mask(kwargs)
         row = mask[0, 0, 0, : n_prefix + 1]  # what a query at position n_prefix may see
         n_copies, blocked = len(rows), torch.finfo(mask.dtype).min
         copies = torch.arange(n_copies, device=mask.device)
@@ -156,8 +161,7 @@ def knockout_logits(
     bytes. An empty knockout ({}) gives the clean logits. ``one_sequence=False`` runs copies
     as batch rows even where they could be query tokens of one sequence (for comparison)."""
     n_pos = input_ids.shape[1]
-    if not 0 <= position < n_pos:
-        raise ValueError(f"position {position} is out of range: the prompt has {n_pos} positions (0-{n_pos - 1})")
+    position = check_position(position, n_pos)
     plans = check_knockouts(model, knockouts, n_pos)
     queries = [q for plan in plans for edges in plan.values() for _, q, _ in edges]
     if any(q > position for q in queries):
@@ -207,9 +211,14 @@ MAX_COPIES = 512  # copies per pass: their mask grows with its square
 
 
 def _knockout_copies(
-    model: HookedAutoModel, input_ids: Tensor, plans: list[dict[int, list[Edge]]], position: int, *, budget: int,
+    model: HookedAutoModel,
+    input_ids: Tensor,
+    plans: list[dict[int, list[Edge]]],
+    position: int,
+    *,
+    budget: int,
     progress: bool,
-) -> Tensor:  # fmt: skip
+) -> Tensor:
     """``knockout_logits`` where every edge's query is ``position``: the clean prefix runs once;
     then all copies of the token at ``position`` run as the query tokens of one sequence over
     that one cache (no copy of it per knockout), each with its own edges blocked and the other

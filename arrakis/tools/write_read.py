@@ -564,8 +564,8 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
                 edge.causal_effect, edge.ratio_to_null = effect, ratio
         notes = []
         if not edges:
-            why = dict(writer_role=writer_role, reader_role=reader_role, role_threshold=role_threshold)
-            notes.append(self._why_no_edge(comp, allowed, min_ratio, roles, **why))
+            filters = {role: role_threshold for role in (writer_role, reader_role) if role}
+            notes.append(self._why_no_edge(comp, allowed, min_ratio, roles, filters))
         return Circuit(
             edges,
             notes=notes,
@@ -579,15 +579,13 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         )
 
     @staticmethod
-    def _why_no_edge(comp: CompositionScores, allowed: Tensor, min_ratio: float, roles: Any, **filters: Any) -> str:
-        """Which filter emptied a circuit: the role filters, or min_ratio (naming the best pair)."""
-        threshold = filters.pop("role_threshold")
-        counts = [
-            f"{int((roles.scores(role) >= threshold).sum())} heads score >= {threshold:g} as {role}"
-            for role in filters.values()
-            if role
-        ]
+    def _why_no_edge(
+        comp: CompositionScores, allowed: Tensor, min_ratio: float, roles: Any, filters: dict[str, float]
+    ) -> str:
+        """Which filter emptied a circuit: the role filters (``filters``: role -> threshold), or
+        min_ratio (naming the strongest pair the filters allow)."""
         if not allowed.any():
+            counts = [f"{int((roles.scores(r) >= t).sum())} heads score >= {t:g} as {r}" for r, t in filters.items()]
             return f"no pair of heads in increasing layers passes the role filters ({'; '.join(counts)})"
         scores = comp.tensor.masked_fill(~allowed, -1.0)
         a, b, c, d = (int(i) for i in torch.unravel_index(scores.argmax(), scores.shape))
