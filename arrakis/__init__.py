@@ -9,7 +9,7 @@ import importlib
 from typing import Any
 
 # Everything is loaded on first use: ``import arrakis`` (and the command line's argument
-# checks) import neither torch nor transformers, and the import direction (DESIGN.md §10)
+# checks) import neither torch nor transformers, and the import direction (docs/architecture.md)
 # is kept: the models, then the tools and the bench above them.
 _MODELS = (
     "ActivationCache",

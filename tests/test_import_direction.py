@@ -1,4 +1,4 @@
-"""Imports follow the data flow and never run back (DESIGN.md §10):
+"""Imports follow the data flow and never run back (docs/architecture.md):
 
     cli, report, bench  ->  tools  ->  circuits math  ->  weights, cache  ->  models and adapters
 

@@ -1,6 +1,6 @@
 """Property-based tests over the public functions' inputs.
 
-Each test decides from the input alone, with its own rules (the ones DESIGN.md and the
+Each test decides from the input alone, with its own rules (the ones docs/mathematics.md and the
 docstrings state), whether the input is valid. Valid input must succeed and give the
 numbers a brute-force formula written here gives; invalid input must raise a clear error
 (ValueError, TypeError, or a KeyError) that names the argument at fault. Either way the
@@ -214,7 +214,7 @@ def read_fault(layer: object, dim: object, channel: object) -> str | None:
 
 
 def read_expected(t: WriteReadAnalyzer, layer: int, dim: object, channel: str) -> list[float]:
-    """DESIGN.md §5, by hand: per channel, the read ratio of a direction, or the composition
+    """docs/mathematics.md#read-heads, by hand: per channel, the read ratio of a direction, or the composition
     score of a writer; "qkv" is the root mean square of the three."""
     w = weights32(t)
     channels = ("Q", "K", "V") if channel.lower() == "qkv" else (channel.upper(),)
@@ -387,7 +387,7 @@ def test_composition_modes(family, dtype, mode):
     def validate(scores) -> None:
         t = tool(dtype, family)
         w, name = weights32(t), mode.upper()
-        for h1 in range(N_HEADS):  # writer layer 0 -> reader layer 1, by the formula of DESIGN.md §6
+        for h1 in range(N_HEADS):  # writer layer 0 -> reader layer 1, by the formula of docs/mathematics.md#composition
             writer = ov(w, 0, h1)
             for h2 in range(N_HEADS):
                 reader = {"Q": qk(w, 1, h2), "K": qk(w, 1, h2).T, "V": ov(w, 1, h2)}[name]

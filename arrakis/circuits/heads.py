@@ -1,6 +1,6 @@
 r"""Write and read scores of attention heads, and the threshold rule that selects heads.
 
-Write score of head h (DESIGN.md §4):
+Write score of head h (docs/mathematics.md#write-heads):
 
 - from weights: ||OV[h]||_F with OV = W_V' W_O, computed as sqrt(tr(S_V S_O)) from the
   d_head x d_head Grams S_V = W_V'^T W_V' and S_O = W_O W_O^T (no D x D matrix);
@@ -9,7 +9,7 @@ Write score of head h (DESIGN.md §4):
 - along a direction u: ||OV[h] u^||_2 = ||W_V' (W_O u^)||_2 from weights, and the mean of
   |<z[h] W_O[h], u^>| from data.
 
-Read score of head h through channel c in {Q, K, V} for a direction u (DESIGN.md §5):
+Read score of head h through channel c in {Q, K, V} for a direction u (docs/mathematics.md#read-heads):
 
     ||u^ W_c'[h]||_2 / (||W_c'[h]||_F / sqrt(D))
 

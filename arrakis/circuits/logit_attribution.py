@@ -1,4 +1,4 @@
-r"""Direct logit attribution (DESIGN.md §4, "toward a token"): how much each component's
+r"""Direct logit attribution (docs/mathematics.md#direct-logit-attribution): how much each component's
 output, as it stands in the final residual stream, adds to one logit (or a logit
 difference) through the unembedding, with the final norm's per-token scale frozen at its
 clean value (TransformerLens's ``apply_ln_to_stack``).

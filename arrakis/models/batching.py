@@ -134,7 +134,7 @@ def iter_batches(
 
 def _row(model: HookedAutoModel, prompt: Any) -> list[int]:
     if isinstance(prompt, str):
-        return model._require_tokenizer().encode(prompt, add_special_tokens=False)
+        return model.require_tokenizer().encode(prompt, add_special_tokens=False)
     row = model.check_input_ids(prompt)
     if row.shape[0] != 1:
         raise ValueError(f"each prompt of a dataset is one sequence, got a batch of {row.shape[0]}")

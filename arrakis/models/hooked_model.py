@@ -149,7 +149,7 @@ class HookedAutoModel(nn.Module):
         model.tokenizer = loading._tokenizer(checkpoint.folder)
         return model
 
-    def _require_forward(self) -> None:
+    def require_forward(self) -> None:
         if self.hf_model is None:
             raise RuntimeError(
                 "this model was loaded with weights_only=True: weight-based analyses work, but it has no "
@@ -158,7 +158,7 @@ class HookedAutoModel(nn.Module):
 
     # -- tokens ----------------------------------------------------------------------------
 
-    def _require_tokenizer(self) -> Any:
+    def require_tokenizer(self) -> Any:
         if self.tokenizer is None:
             raise ValueError("this model has no tokenizer: pass token ids (load a model with one to use strings)")
         return self.tokenizer
@@ -169,7 +169,7 @@ class HookedAutoModel(nn.Module):
         """Token ids of a string, [1, pos]; of a list of strings, ``Tokens(input_ids,
         attention_mask)`` (a pair, both [batch, pos]), padded on ``padding_side`` ("right" or
         "left") with the tokenizer's pad token (else its EOS, else 0)."""
-        tokenizer = self._require_tokenizer()
+        tokenizer = self.require_tokenizer()
         if padding_side not in PADDING_SIDES:
             raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
         texts = [text] if isinstance(text, str) else list(text)
@@ -198,7 +198,7 @@ class HookedAutoModel(nn.Module):
 
     def to_str_tokens(self, tokens: Tensor | Sequence[int] | str) -> list[str]:
         """Each token as its string: ``model.to_str_tokens(model.to_tokens("Hi there"))``."""
-        tokenizer = self._require_tokenizer()
+        tokenizer = self.require_tokenizer()
         if isinstance(tokens, str):
             tokens = self.to_tokens(tokens)
         ids = torch.as_tensor(tokens).flatten() if not isinstance(tokens, Tensor) else tokens
@@ -233,7 +233,7 @@ class HookedAutoModel(nn.Module):
 
     def final_norm(self) -> tuple[Tensor, Tensor | None]:
         """The final norm's gain (Gemma: 1 + w) [d_model] and bias (LayerNorm) or None."""
-        self._require_forward()
+        self.require_forward()
         norm = module_at(self.hf_model, self.adapter.ln_final)
         bias = getattr(norm, "bias", None)
         return (
@@ -276,12 +276,32 @@ class HookedAutoModel(nn.Module):
         """Attention's post-norm of ``layer`` (RMSNorm) as a gain [d_model] and the per-token
         scale of what enters it (``into`` [..., d_model] -> [...]): post_norm(x) = gain * x /
         scale. Analyses that split attention's output per head freeze this scale at its clean
-        value, so the per-head parts still add up to ``hook_attn_out`` (DESIGN.md §3)."""
+        value, so the per-head parts still add up to ``hook_attn_out`` (docs/mathematics.md#conventions)."""
         if not self.cfg.attn_post_norm:
             raise ValueError(f"this {self.cfg.family} model has no attention post-norm")
         norm = module_at(module_at(self.hf_model, self.adapter.layers)[layer], self.adapter.attn_post_norm)
         gain = norm.weight.detach().float().to(into.device) + self.adapter.norm_gain_offset
         return gain, (into.float().pow(2).mean(-1) + self.cfg.norm_eps).sqrt()
+
+    def head_outputs(self, layer: int, z: Tensor, post_norm_in: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Each head's output of ``layer`` as it enters the residual stream, and the output
+        bias likewise: z [..., head, d_head] -> (z[h] W_O[h] [..., head, d_model], b_O
+        [..., d_model]). With an attention post-norm, both are g * x / s with the norm's
+        per-token scale s frozen at its clean value (``post_norm_in``: what entered the norm,
+        ``blocks.{layer}.ln1_post.hook_in`` [..., d_model]), so the parts still add up to
+        ``hook_attn_out``. The one place every per-head analysis (logit attribution, path
+        patching) splits attention's output."""
+        weights = self.head_weights(folded=False)
+        W_O = weights.W_O[layer].float().to(z.device)
+        b_O = weights.b_O[layer].float().to(z.device)
+        parts = torch.einsum("...hk,hkd->...hd", z.float(), W_O)  # [..., head, d_head] x [head, d_head, D]
+        if self.cfg.attn_post_norm:
+            if post_norm_in is None:
+                raise ValueError(f"this {self.cfg.family} model has an attention post-norm: pass post_norm_in")
+            gain, scale = self.attn_post_norm(layer, post_norm_in.to(z.device))
+            parts = gain * parts / scale[..., None, None]
+            b_O = gain * b_O / scale[..., None]
+        return parts, b_O
 
     def hook_names(self) -> list[str]:
         """Every hook name this model can cache, in forward order."""
@@ -323,7 +343,7 @@ class HookedAutoModel(nn.Module):
             def transform(name: str, tensor: Tensor) -> Tensor:
                 return (inner(name, tensor) if inner else tensor).to(move)
 
-        self._require_forward()
+        self.require_forward()
         inputs = self.forward_inputs(input_ids, attention_mask)
         wanted = set(select(names, self._hook_names, self.cfg))
         store: dict[str, Tensor] = {}
@@ -514,7 +534,7 @@ class HookedAutoModel(nn.Module):
         so the rest of the row is renormalised exactly as softmax would. Returns Hugging
         Face's output; hooks are removed afterwards, also when the forward pass raises.
         """
-        self._require_forward()
+        self.require_forward()
         inputs = self.forward_inputs(input_ids, attention_mask)
         input_ids = inputs["input_ids"]
         (plan,) = interventions.check_knockouts(self, [knockouts], input_ids.shape[1])
@@ -534,7 +554,7 @@ class HookedAutoModel(nn.Module):
         many knockouts (each as in ``run_with_attention_knockout``), batched: many
         knocked-out copies per forward pass, the clean prefix before the first knocked-out
         query computed once (``arrakis.models.interventions``)."""
-        self._require_forward()
+        self.require_forward()
         input_ids = self.check_input_ids(input_ids)
         if input_ids.shape[0] != 1:
             raise ValueError(f"knockout_logits takes one prompt, got a batch of {input_ids.shape[0]}")
@@ -544,7 +564,7 @@ class HookedAutoModel(nn.Module):
     # -- weights ---------------------------------------------------------------------------
 
     def head_weights(self, folded: bool = True) -> HeadWeights:
-        """Stacked per-head weights (DESIGN.md §3); ``folded=False`` gives the raw ones.
+        """Stacked per-head weights (docs/mathematics.md#conventions); ``folded=False`` gives the raw ones.
 
         Built once and reused until a parameter changes (in place or replaced).
         """

@@ -274,7 +274,7 @@ def pattern_gradients(
 
     Returns (the clean logits at ``position`` [d_vocab], the metric's value, {layer: result}).
     """
-    model._require_forward()
+    model.require_forward()
     reduce = reduce or (lambda layer, pattern, grad: grad)
     blocks = module_at(model.hf_model, model.adapter.layers)
     patterns: dict[int, Tensor] = {}

@@ -1,5 +1,5 @@
 r"""Path patching of one writer -> reader edge (Wang et al. 2022; Goldowsky-Dill et al. 2023;
-DESIGN.md §6): the writer's output z[h1] W_O[h1] is replaced by its mean over the probe
+docs/mathematics.md#composition): the writer's output z[h1] W_O[h1] is replaced by its mean over the probe
 data in the reader's channel input only, and what the reader does differently is measured.
 
 For reader head h2 of layer l2 and channel c (q, k or v), the reader's input becomes
@@ -39,13 +39,8 @@ class _StopError(Exception):
 
 def writer_outputs(model: HookedAutoModel, cache: Any, layer: int) -> Tensor:
     """Every head's output of ``layer`` as it enters the residual: [batch, pos, head, d_model]."""
-    z = cache[f"blocks.{layer}.attn.hook_z"].float()
-    W_O = model.head_weights(folded=False).W_O[layer].float().to(z.device)
-    out = torch.einsum("bphk,hkd->bphd", z, W_O)  # [batch, pos, head, d_head] x [head, d_head, D]
-    if model.cfg.attn_post_norm:  # its scale [batch, pos] frozen at the clean value
-        gain, scale = model.attn_post_norm(layer, cache[f"blocks.{layer}.ln1_post.hook_in"])
-        out = gain * out / scale[..., None, None]
-    return out
+    post_in = cache[f"blocks.{layer}.ln1_post.hook_in"] if model.cfg.attn_post_norm else None
+    return model.head_outputs(layer, cache[f"blocks.{layer}.attn.hook_z"], post_in)[0]
 
 
 def patched_reader(

@@ -60,7 +60,7 @@ class HeadWeights:
         """W_Q and W_K as the attention logit sees them: QK[h] = W_Q[h] W_K[h]^T, with per-head
         q/k norms ``W_Q diag(gamma_q)`` and ``W_K diag(gamma_k)`` (centred over d_head first
         for LayerNorm q/k norms). The norms' per-token scales are positive scalars that cancel
-        in every normalised score, so this is the QK circuit up to them (DESIGN.md §3)."""
+        in every normalised score, so this is the QK circuit up to them (docs/mathematics.md#conventions)."""
         if self.q_norm_gain is None:
             return self.W_Q, self.W_K
         W_Q, W_K = self.W_Q, self.W_K

@@ -1,5 +1,5 @@
 """``circuits(verify=True)``: each weight-based composition edge tested by path patching
-(the mathematics and the intervention: ``arrakis.models.path_patching``; DESIGN.md §6).
+(the mathematics and the intervention: ``arrakis.models.path_patching``; docs/mathematics.md#composition).
 
 One clean pass over the probe keeps the writers' z and the readers' inputs, patterns and z;
 then one pass per edge, each stopping after its reader's layer. The null is the same patch

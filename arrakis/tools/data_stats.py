@@ -1,5 +1,5 @@
 """Statistics over prompts: what every head writes, and head-role scores, from one forward
-pass per batch for all layers at once (DESIGN.md §3 "Batches and padding", §4, §7).
+pass per batch for all layers at once (docs/mathematics.md: conventions, write heads, head roles).
 
 Every statistic counts real tokens only: padded positions are masked out of every sum, and a
 dataset's aggregate is a mean over its tokens (not a mean of batch means), so batching

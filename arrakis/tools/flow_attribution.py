@@ -1,6 +1,6 @@
 """``trace_information_flow(method="attribution")``: which heads carry information from src
 to dst that dst's prediction needs, estimated for every attention edge from one forward and
-one backward pass (the mathematics: ``arrakis.circuits.attribution``; DESIGN.md §8).
+one backward pass (the mathematics: ``arrakis.circuits.attribution``; docs/mathematics.md#information-flow).
 
 The gradient pass runs on the prompt up to dst (later positions cannot change dst's logits)
 and keeps, per layer, only the edge estimates between src and dst: [head, rows, rows] with

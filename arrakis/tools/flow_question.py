@@ -1,5 +1,5 @@
 """What a flow trace asks: which sequence, which src and dst positions, which layers, and
-which metric of dst's prediction (DESIGN.md §8). Everything here checks input and fails
+which metric of dst's prediction (docs/mathematics.md#information-flow). Everything here checks input and fails
 before any forward pass."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from arrakis.tools.results.flow import FlowPath, InformationFlow, LayerFlow
 def token_id(model: HookedAutoModel, token: Any, what: str) -> int:
     """A token id from an id (int or one-element tensor) or a string that is one token."""
     if isinstance(token, str):
-        ids = model._require_tokenizer().encode(token, add_special_tokens=False)
+        ids = model.require_tokenizer().encode(token, add_special_tokens=False)
         if len(ids) != 1:
             raise ValueError(f"{what} {token!r} is {len(ids)} tokens ({ids}); pass a string that is one token")
         return ids[0]

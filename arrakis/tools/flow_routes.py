@@ -2,7 +2,7 @@
 2024; proximity importances after ALTI), kept for comparison. Where attention's output is
 normalised before the residual add (post-norms), each part is taken as it enters the
 residual, g * part / s_i with the norm's per-token scale s_i frozen at its clean value, so
-the parts still add up to ``hook_attn_out`` (DESIGN.md §3). It measures how much of dst's
+the parts still add up to ``hook_attn_out`` (docs/mathematics.md#conventions). It measures how much of dst's
 residual stream comes from src, not whether it matters to dst's prediction (the
 attribution method does that). The mathematics is in ``arrakis.circuits.flow``.
 

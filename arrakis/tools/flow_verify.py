@@ -1,4 +1,4 @@
-"""Exact knockouts beside the estimates of a flow trace (``verify=True``; DESIGN.md §8).
+"""Exact knockouts beside the estimates of a flow trace (``verify=True``; docs/mathematics.md#information-flow).
 
 Knocked out, exactly (the row renormalised, as the estimates assume), each in its own copy
 of the prompt and all copies batched (``HookedAutoModel.knockout_logits``):

@@ -1,6 +1,6 @@
 """``trace_information_flow``: which heads carry information from a source position to a
 destination position, in which layers, along which routes, and how much it matters to what
-the model predicts at dst (DESIGN.md §8).
+the model predicts at dst (docs/mathematics.md#information-flow).
 
 The work is split by concern: ``flow_question`` resolves the positions, layers and metric;
 ``flow_attribution`` estimates every edge's knockout effect from one forward and one

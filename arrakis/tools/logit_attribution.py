@@ -5,7 +5,7 @@ One forward pass keeps, at that position only, each layer's z (and, with post-no
 enters the attention post-norm), each MLP's output, the embeddings and the final residual.
 Where attention's output is normalised before the residual add, each head's part is taken
 as it enters the residual, g * z[h] W_O[h] / s with the post-norm's per-token scale s frozen
-(DESIGN.md §3), so the parts still add up.
+(docs/mathematics.md#conventions), so the parts still add up.
 """
 
 from __future__ import annotations
@@ -39,18 +39,13 @@ def logit_attribution(model: HookedAutoModel, ids: Tensor, token: int, pos: int,
     def direct(parts: Tensor) -> Tensor:
         return contributions(parts, scale, direction.to(parts.device), cfg.norm)
 
-    weights = model.head_weights(folded=False)
     heads = torch.zeros(cfg.n_layers, cfg.n_heads)
     components: dict[str, float] = {"embed": float(direct(cache["hook_embed"]))}
     if "hook_pos_embed" in cache:
         components["pos_embed"] = float(direct(cache["hook_pos_embed"]))
     for layer in range(cfg.n_layers):
-        z = cache[f"blocks.{layer}.attn.hook_z"]  # [head, d_head]
-        W_O, b_O = weights.W_O[layer].float().to(z.device), weights.b_O[layer].float().to(z.device)
-        parts = torch.einsum("hk,hkd->hd", z, W_O)  # [head, d_head] x [head, d_head, D] -> [head, D]
-        if cfg.attn_post_norm:  # as it enters the residual: g * part / s, s frozen
-            gain, post_scale = model.attn_post_norm(layer, cache[f"blocks.{layer}.ln1_post.hook_in"])
-            parts, b_O = gain * parts / post_scale, gain * b_O / post_scale
+        post_in = cache[f"blocks.{layer}.ln1_post.hook_in"] if cfg.attn_post_norm else None
+        parts, b_O = model.head_outputs(layer, cache[f"blocks.{layer}.attn.hook_z"], post_in)  # [head, D], [D]
         heads[layer] = direct(parts).cpu()
         components[f"L{layer} attn bias"] = float(direct(b_O))
         components[f"L{layer} mlp"] = float(direct(cache[f"blocks.{layer}.hook_mlp_out"]))

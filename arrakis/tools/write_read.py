@@ -1,7 +1,7 @@
 """The WriteReadAnalyzer: which heads write to the residual stream, which read what was
 written, how heads compose, and which roles they play.
 
-The mathematics lives in ``arrakis.circuits`` (DESIGN.md §4-7); this module checks input,
+The mathematics lives in ``arrakis.circuits`` (docs/mathematics.md); this module checks input,
 gathers weights and activations from the model, and wraps numbers in result objects.
 
 >>> import torch
@@ -84,7 +84,7 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         pos: int = -1,
         foil: int | str | None = None,
     ) -> HeadSelection:
-        """The heads of a layer that make up ``threshold`` of its writing (DESIGN.md §4).
+        """The heads of a layer that make up ``threshold`` of its writing (docs/mathematics.md#write-heads).
 
         With ``token`` (and ``input_ids``: one prompt): the heads that write that token's logit
         at ``pos`` by signed direct logit attribution (``logit_attribution``); shares are over
@@ -185,7 +185,8 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         """Which heads write ``token``'s logit at ``pos`` (default: the last position), signed:
         direct logit attribution of every head, every layer's b_O and MLP, the embeddings and
         the biases, with the final norm's per-token scale frozen at its clean value
-        (DESIGN.md §4). With ``foil``, the logit difference token - foil. The contributions
+        (docs/mathematics.md#direct-logit-attribution). With ``foil``, the logit difference token -
+        foil. The contributions
         add up to the logit (difference). Positive heads write the token (``writers``),
         negative ones suppress it (``suppressors``). A padded batch: pick a prompt with
         ``batch_index`` and pass its ``attention_mask``; ``pos`` counts its real tokens.
@@ -286,7 +287,7 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         return per_channel, composition_baseline(self.cfg.d_model), f"writer L{w_layer}H{w_head}"
 
     def _qk_notes(self) -> list[str]:
-        """What a weight-based Q/K score leaves out (DESIGN.md §3)."""
+        """What a weight-based Q/K score leaves out (docs/mathematics.md#conventions)."""
         notes = []
         if self.cfg.positional == "rotary":
             notes.append("Q/K scores use the bilinear QK circuit: rotary's position-dependent rotation is left out")
@@ -328,7 +329,7 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
     # -- composition -------------------------------------------------------------------------
 
     def composition_scores(self, mode: str = "K", *, folded: bool = True) -> CompositionScores:
-        """Q-, K- or V-composition scores of every writer -> reader pair (DESIGN.md §6).
+        """Q-, K- or V-composition scores of every writer -> reader pair (docs/mathematics.md#composition).
 
         [n_layers, n_heads, n_layers, n_heads], zero where the writer's layer is not
         earlier; ``.baseline`` is 1/sqrt(d_model). Computed once per mode and weights.
@@ -376,7 +377,7 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
     ) -> InformationFlow:
         """Which heads carry information from position src to position dst, in which layers,
         along which routes, and how much it matters to what the model predicts at dst
-        (DESIGN.md §8).
+        (docs/mathematics.md#information-flow).
 
         dst is the last occurrence of ``dst_token``, src the last occurrence of ``src_token``
         before it (token ids, or strings where the model has a tokenizer); or give
@@ -440,7 +441,7 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         n_sequences: int = 4,
         seed: int = 0,
     ) -> HeadRoles:
-        """Previous-token, duplicate-token and induction scores of every head (DESIGN.md §7).
+        """Previous-token, duplicate-token and induction scores of every head (docs/mathematics.md#head-roles).
 
         By default on ``n_sequences`` sequences of ``seq_len`` random tokens repeated
         ``n_repeats`` times (after a BOS token where the tokenizer has one); or on
@@ -497,7 +498,7 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         induction circuit: previous-token heads whose output induction heads read as keys.
         A role filter keeps heads scoring at least ``role_threshold`` for that role.
 
-        ``verify=True`` tests each edge by path patching (DESIGN.md §6): the writer's output is
+        ``verify=True`` tests each edge by path patching (docs/mathematics.md#composition): the writer's output is
         replaced by its mean over the probe (``probe``: ids with an optional ``attention_mask``,
         or a dataset; by default the repeated random tokens of ``head_roles``) in the reader's
         Q, K or V input only, and what the reader does differently is measured (Q/K: mean KL
@@ -521,7 +522,7 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         if verify:
             n_null = check_positive_int(n_null, "n_null")
             if not runs:
-                self.model._require_forward()
+                self.model.require_forward()
         if roles is None and (writer_role or reader_role or runs):
             roles = self.head_roles()  # weights-only: only when a role filter asks for them (and fails clearly)
         comp = self.composition_scores(mode, folded=folded)

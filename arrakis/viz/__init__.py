@@ -1,4 +1,4 @@
-"""Pictures and notebook renderings of the results (DESIGN.md §10: plotting lives apart).
+"""Pictures and notebook renderings of the results (docs/architecture.md: plotting lives apart).
 
 Each ``plot_*`` function returns a ``matplotlib.figure.Figure`` built without pyplot: it
 shows nothing and saves nothing (``fig.savefig(path)`` does). matplotlib is imported inside

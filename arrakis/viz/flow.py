@@ -9,8 +9,9 @@ drawn with width growing with |``score``|:
 - ``method="attribution"``: the score is the estimated drop in the metric when that edge is
   knocked out; blue edges carry what dst's prediction needs, red ones work against it
   (suppressors). Staying in a position's residual stream is free, so no residual edges.
-- ``method="routes"``: the score is the flow the edge carries (importance x f_l(j), DESIGN.md
-  §8); blue head edges, and grey horizontal edges staying in a position's residual stream.
+- ``method="routes"``: the score is the flow the edge carries (importance x f_l(j),
+  docs/mathematics.md#information-flow); blue head edges, and grey horizontal edges staying
+  in a position's residual stream.
 
 The strongest head edges are named ("L3H2") where they arrive; the strongest path is dashed
 (for attribution its head hops, joined by the residual streams they stay in).

@@ -34,7 +34,7 @@ def plot_head_scores(selections: HeadSelection | Sequence[HeadSelection], *, val
     (weights vs data, one channel vs another) are not on one scale.
     """
     # one HeadSelection (a list of heads with .scores), or a sequence of them; no import of
-    # the tools' result types at run time (DESIGN.md §10: plots do not import the tools)
+    # the tools' result types at run time (docs/architecture.md: plots do not import the tools)
     rows = [selections] if hasattr(selections, "scores") else list(selections)
     if not rows:
         raise ValueError("plot_head_scores needs at least one HeadSelection")

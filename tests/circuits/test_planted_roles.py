@@ -1,4 +1,4 @@
-"""Head roles (DESIGN.md §7) on a model with planted heads: a duplicate-token head and a
+"""Head roles (docs/mathematics.md#head-roles) on a model with planted heads: a duplicate-token head and a
 previous-token head built by hand, found by ``head_roles`` with the scores that
 TransformerLens's ``detect_head`` ("mul") formula gives on their cached patterns.
 

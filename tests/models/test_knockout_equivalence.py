@@ -1,4 +1,4 @@
-"""Attention knockout (Geva et al. 2023; DESIGN.md §8) is the renormalised row, computed by
+"""Attention knockout (Geva et al. 2023; docs/mathematics.md#information-flow) is the renormalised row, computed by
 hand, for grouped-query and multi-query attention, local (gpt-neo) and sliding-window
 (mistral, gemma2, gemma3) layers and soft-capped logits.
 

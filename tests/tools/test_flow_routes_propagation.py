@@ -1,8 +1,8 @@
-"""The routes method (Information Flow Routes, DESIGN.md §8) against a brute-force
+"""The routes method (Information Flow Routes, docs/mathematics.md#information-flow) against a brute-force
 implementation written here, over several layers: influence must propagate from src through
 intermediate positions, layer after layer, not only along direct src -> dst edges.
 
-The brute force (``brute_force_routes``) mirrors these conventions, all of them DESIGN's:
+The brute force (``brute_force_routes``) mirrors these conventions, all of them those of docs/mathematics.md:
 
 - Parts of position i's residual stream after the attention of layer l (§8): the residual
   itself (``hook_resid_pre``), each head's ``A[h, i, j] v_j W_O[h]`` for every key j <= i

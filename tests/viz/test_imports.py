@@ -1,4 +1,4 @@
-"""Importing arrakis, its tools and its plots does not load matplotlib (DESIGN.md §10)."""
+"""Importing arrakis, its tools and its plots does not load matplotlib (docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def test_models_do_not_import_the_plots():
 
 
 def test_the_plots_do_not_import_the_tools():
-    """viz draws results; the results' types are imported for type checking only (DESIGN.md §10)."""
+    """viz draws results; the results' types are imported for type checking only (docs/architecture.md)."""
     for path in (ROOT / "arrakis" / "viz").rglob("*.py"):
         top_level = [line for line in path.read_text().splitlines() if line.startswith(("import ", "from "))]
         assert not any("arrakis.tools" in line for line in top_level), path

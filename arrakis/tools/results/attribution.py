@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 
 class LogitAttribution:
-    """Direct logit attribution at one position (DESIGN.md §4).
+    """Direct logit attribution at one position (docs/mathematics.md#write-heads).
 
     Attributes:
         heads: [n_layers, n_heads] each head's direct contribution to the logit (difference):

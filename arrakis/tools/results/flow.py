@@ -1,4 +1,4 @@
-"""``InformationFlow``: the result of ``trace_information_flow`` (DESIGN.md §8).
+"""``InformationFlow``: the result of ``trace_information_flow`` (docs/mathematics.md#information-flow).
 
 It behaves as the original's list, one value per analysed layer, and carries the evidence:
 
