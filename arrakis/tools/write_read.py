@@ -17,16 +17,14 @@ True
 from __future__ import annotations
 
 import logging
-import numbers
 from collections.abc import Callable
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from arrakis.circuits import heads as head_math
 from arrakis.circuits.composition import MODES, check_mode, composition_baseline, composition_scores
-from arrakis.circuits.roles import ROLES, repeated_random_tokens
+from arrakis.circuits.roles import repeated_random_tokens
 from arrakis.models import HookedAutoModel
 from arrakis.models.batching import iter_batches
 from arrakis.tools import data_stats
@@ -34,11 +32,11 @@ from arrakis.tools.base import (
     BaseInterpretabilityTool,
     check_choice,
     check_direction,
-    check_index,
     check_layer,
     check_positive_int,
     check_threshold,
 )
+from arrakis.tools.circuit_filter import check_filters, circuit_edges
 from arrakis.tools.circuit_verify import verify_circuit
 from arrakis.tools.data_stats import fingerprint
 from arrakis.tools.flow_question import one_prompt, token_id
@@ -51,12 +49,12 @@ from arrakis.tools.information_flow import (
     trace,
 )
 from arrakis.tools.logit_attribution import logit_attribution, resolve_pos
-from arrakis.tools.results import Circuit, CircuitEdge, CompositionScores, HeadRoles, HeadSelection
+from arrakis.tools.read_heads import CHANNELS, qk_notes, read_scores
+from arrakis.tools.result_cache import ResultCache
+from arrakis.tools.results import Circuit, CompositionScores, HeadRoles, HeadSelection
 from arrakis.tools.results.attribution import LogitAttribution
 
 logger = logging.getLogger(__name__)
-
-CHANNELS = ("q", "k", "v", "qkv")
 
 
 class WriteReadAnalyzer(BaseInterpretabilityTool):
@@ -66,8 +64,11 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
 
     def __init__(self, model: HookedAutoModel) -> None:
         super().__init__(model)
-        self._composition: dict[tuple[str, bool], tuple[object, CompositionScores]] = {}
-        self._data: dict[tuple, Any] = {}  # data-based results by prompts' fingerprint
+        self.cache = ResultCache()  # composition scores, and data-based results by the prompts' fingerprint
+
+    def clear_cache(self) -> None:
+        """Forget every remembered result (composition scores, write scores, head roles)."""
+        self.cache.clear()
 
     # -- write heads -------------------------------------------------------------------------
 
@@ -117,12 +118,12 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         else:
             scores = self.write_scores(input_ids, attention_mask, direction=u, batch_size=batch_size)[layer]
             method = "data"
-        return self._select(layer, scores, threshold, method + ("-direction" if u is not None else ""))
+        return HeadSelection.from_scores(layer, scores, threshold, method + ("-direction" if u is not None else ""))
 
     def _token_writers(self, layer, threshold, input_ids, attention_mask, token, pos, foil) -> HeadSelection:
         attribution = self.logit_attribution(input_ids, token, pos, foil, attention_mask)
         signed = attribution.heads[layer]
-        selection = self._select(layer, signed.clamp_min(0), threshold, "logit-attribution")
+        selection = HeadSelection.from_scores(layer, signed.clamp_min(0), threshold, "logit-attribution")
         selection.scores = signed.tolist()  # signed: the suppressors keep their sign
         selection.extra = {
             **(selection.extra or {}),
@@ -152,25 +153,17 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         """
         u = None if direction is None else check_direction(direction, self.cfg.d_model)
         batches = self._batches(input_ids, attention_mask, batch_size)
-        key = ("write", fingerprint(batches, None if u is None else u.tolist()))
-        return self._remembered(key, lambda: data_stats.write_scores(self.model, batches, u)).clone()
+        key = fingerprint(batches, None if u is None else u.tolist())
+        return self._remembered("write", key, lambda: data_stats.write_scores(self.model, batches, u)).clone()
 
     def _batches(self, input_ids: Any, attention_mask: Any, batch_size: int | None) -> list:
         if batch_size is not None:
             batch_size = check_positive_int(batch_size, "batch_size")
         return list(iter_batches(self.model, input_ids, attention_mask, batch_size))
 
-    def _remembered(self, key: tuple, compute: Callable[[], Any]) -> Any:
-        """A data-based result for the same prompts, computed once while the weights stay the
-        same (the last few results are kept)."""
-        weights = self.model.head_weights(folded=True)  # a new object whenever a parameter changes
-        entry = self._data.get(key)
-        if entry is None or entry[0] is not weights:
-            entry = (weights, compute())
-            self._data[key] = entry
-            while len(self._data) > 8:
-                self._data.pop(next(iter(self._data)))
-        return entry[1]
+    def _remembered(self, kind: str, key: str, compute: Callable[[], Any]) -> Any:
+        """A data-based result for the same prompts, computed once while the weights stay the same."""
+        return self.cache.get(kind, key, self.model.head_weights(folded=True), compute)
 
     def logit_attribution(
         self,
@@ -214,117 +207,8 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         layer = check_layer(layer_idx, self.cfg.n_layers)
         threshold = check_threshold(threshold)
         channel = check_choice(channel, CHANNELS, "channel")
-        channels = ("q", "k", "v") if channel == "qkv" else (channel,)
-        if isinstance(dim_idx, tuple):
-            per_channel, baseline, what = self._read_writer(layer, dim_idx, channels)
-            method = f"composition-{channel}"
-        else:
-            u, what = self._read_direction(dim_idx)
-            weights = self.model.head_weights(folded=True)
-            W_Q, W_K = weights.qk_circuit()  # q/k norm gains folded in, where there are any
-            by_channel = {"q": W_Q, "k": W_K, "v": weights.W_V}
-            per_channel = {c: head_math.read_scores(by_channel[c][layer].float(), u) for c in channels}
-            baseline, method = 1.0, f"direction-{channel}"
-        stacked = torch.stack([per_channel[c] for c in channels])  # [channel, head]
-        scores = stacked.pow(2).mean(0).sqrt()  # root mean square over channels
-        notes = self._qk_notes() if set(channels) & {"q", "k"} else []
-        if self.cfg.n_kv_heads < self.cfg.n_heads and set(channels) & {"k", "v"} and method.startswith("direction"):
-            notes.append(
-                f"grouped-query attention: {self.cfg.group_size} query heads share each K/V head, "
-                "so their K and V scores are equal"
-            )
-        extra = {"dim": what, "channel": channel, "per_channel": {c: per_channel[c].tolist() for c in channels}}
-        return self._select(layer, scores, threshold, method, baseline=baseline, notes=notes, extra=extra)
-
-    def _read_direction(self, dim_idx: Any) -> tuple[Tensor, str]:
-        d_model = self.cfg.d_model
-        if isinstance(dim_idx, str):
-            return self._token_direction(dim_idx), f"token {dim_idx!r}"
-        if isinstance(dim_idx, Tensor) and dim_idx.dim() == 0 and not dim_idx.dtype.is_floating_point:
-            dim_idx = int(dim_idx)
-        if isinstance(dim_idx, Tensor):
-            return check_direction(dim_idx, d_model, "dim_idx"), "direction"
-        if not isinstance(dim_idx, numbers.Integral) or isinstance(dim_idx, bool):
-            hint = ""
-            if isinstance(dim_idx, (list, range)) and len(dim_idx) == 2:
-                hint = f"; for the output of head L{dim_idx[0]}H{dim_idx[1]} pass the tuple {tuple(dim_idx)!r}"
-            raise TypeError(
-                f"dim_idx must be an int 0-{d_model - 1} (a residual dimension), a (layer, head) tuple "
-                f"(a writer head's output), a direction tensor of size {d_model} or a one-token string; "
-                f"got {type(dim_idx).__name__} {dim_idx!r}{hint}"
-            )
-        i = check_index(dim_idx, d_model, "dim_idx", "residual dimensions (d_model)")
-        basis = torch.zeros(d_model)
-        basis[i] = 1.0
-        return basis, f"e_{i}"
-
-    def _token_direction(self, token: str) -> Tensor:
-        tokenizer = self.model.tokenizer
-        if tokenizer is None:
-            raise ValueError(
-                f"dim_idx {token!r} is a token, but this model has no tokenizer; pass an int "
-                "(a residual dimension), a direction tensor or a (layer, head) writer"
-            )
-        ids = tokenizer.encode(token, add_special_tokens=False)
-        if len(ids) != 1:
-            raise ValueError(f"dim_idx {token!r} is {len(ids)} tokens ({ids}); pass a string that is one token")
-        return self.model.input_embeddings()[ids[0]].float()
-
-    def _read_writer(
-        self, layer: int, writer: tuple, channels: tuple[str, ...]
-    ) -> tuple[dict[str, Tensor], float, str]:
-        if len(writer) != 2:
-            raise ValueError(f"a writer head is a (layer, head) pair, got {writer!r}")
-        if layer == 0:
-            raise ValueError("layer 0 has no earlier layer to read a writer head from; use a direction instead")
-        w_layer = check_index(writer[0], layer, "writer layer", f"layers before layer {layer}")
-        w_head = check_index(writer[1], self.cfg.n_heads, "writer head", "heads per layer")
-        w = self.model.head_weights(folded=True)
-        W_Q, W_K = w.qk_circuit()
-        pick = [w_layer, layer]  # a two-layer stack: the writer's layer, then the reader's
-        scores = composition_scores(W_Q[pick], W_K[pick], w.W_V[pick], w.W_O[pick], tuple(c.upper() for c in channels))
-        per_channel = {c: scores[c.upper()][0, w_head, 1] for c in channels}
-        return per_channel, composition_baseline(self.cfg.d_model), f"writer L{w_layer}H{w_head}"
-
-    def _qk_notes(self) -> list[str]:
-        """What a weight-based Q/K score leaves out (docs/mathematics.md#conventions)."""
-        notes = []
-        if self.cfg.positional == "rotary":
-            notes.append("Q/K scores use the bilinear QK circuit: rotary's position-dependent rotation is left out")
-        if self.cfg.qk_norm:
-            notes.append(
-                "per-head q/k norms: their gains are folded into QK = W_Q diag(g_q g_k) W_K^T (TransformerLens "
-                "ignores them); their per-token scales are positive and cancel in these normalised scores"
-            )
-        config = self.model.hf_model.config if self.model.hf_model is not None else self.model.checkpoint.config
-        if getattr(config, "attn_logit_softcapping", None):
-            notes.append("attention logits are soft-capped (tanh) in the forward pass; weight scores leave it out")
-        return notes
-
-    def _select(
-        self,
-        layer: int,
-        scores: Tensor,
-        threshold: float,
-        method: str,
-        *,
-        baseline: float | None = None,
-        notes: list[str] | None = None,
-        extra: dict[str, Any] | None = None,
-    ) -> HeadSelection:
-        scores = scores.detach().float().cpu()
-        chosen = head_math.select_by_share(scores, threshold)
-        return HeadSelection(
-            [(layer, h) for h in chosen],
-            layer=layer,
-            scores=scores.tolist(),
-            shares=head_math.shares(scores).tolist(),
-            method=method,
-            threshold=threshold,
-            baseline=baseline,
-            notes=notes,
-            extra=extra,
-        )
+        scores, method, baseline, notes, extra = read_scores(self.model, layer, dim_idx, channel)
+        return HeadSelection.from_scores(layer, scores, threshold, method, baseline=baseline, notes=notes, extra=extra)
 
     # -- composition -------------------------------------------------------------------------
 
@@ -334,23 +218,22 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         [n_layers, n_heads, n_layers, n_heads], zero where the writer's layer is not
         earlier; ``.baseline`` is 1/sqrt(d_model). Computed once per mode and weights.
         """
-        mode = check_mode(mode)
-        weights = self.model.head_weights(folded=bool(folded))
-        cached = self._composition.get((mode, bool(folded)))
-        if cached is None or cached[0] is not weights:
+        mode, folded = check_mode(mode), bool(folded)
+        weights = self.model.head_weights(folded=folded)
+
+        def compute() -> CompositionScores:
             logger.info("computing %s-composition scores", mode)
             W_Q, W_K = weights.qk_circuit()  # per-head q/k norm gains folded in, where there are any
             scores = composition_scores(W_Q, W_K, weights.W_V, weights.W_O, (mode,))[mode]
-            result = CompositionScores(
+            return CompositionScores(
                 scores.cpu(),
                 mode=mode,
-                folded=bool(folded),
+                folded=folded,
                 baseline=composition_baseline(self.cfg.d_model),
-                notes=self._qk_notes() if mode in ("Q", "K") else [],
+                notes=qk_notes(self.model) if mode in ("Q", "K") else [],
             )
-            cached = (weights, result)
-            self._composition[(mode, bool(folded))] = cached
-        return cached[1]
+
+        return self.cache.get("composition", (mode, folded), weights, compute)
 
     # -- information flow -----------------------------------------------------------------
 
@@ -461,9 +344,7 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         else:
             source = "input_ids"
         batches = self._batches(input_ids, attention_mask, batch_size)
-        computed = self._remembered(
-            ("roles", fingerprint(batches)), lambda: data_stats.role_scores(self.model, batches)
-        )
+        computed = self._remembered("roles", fingerprint(batches), lambda: data_stats.role_scores(self.model, batches))
         scores = {role: value.clone() for role, value in computed.items()}
         n_tokens = max(ids.shape[1] for ids, _ in batches)
         n_sequences = sum(ids.shape[0] for ids, _ in batches)
@@ -507,17 +388,7 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         pairs of the same layers; ``circuit.summary()`` says how many held.
         """
         mode = check_mode(mode)
-        for role in (writer_role, reader_role):
-            if role is not None:
-                check_choice(role, ROLES, "head role")
-        if not min_ratio > 0:
-            raise ValueError(f"min_ratio must be positive, got {min_ratio}")
-        if top_k is not None:
-            top_k = check_positive_int(top_k, "top_k")  # (None: every edge)
-        if (writer_role or reader_role) and not 0 < role_threshold <= 1:
-            raise ValueError(
-                f"role_threshold must be in (0, 1] (role scores are attention shares), got {role_threshold}"
-            )
+        top_k = check_filters(writer_role, reader_role, role_threshold, min_ratio, top_k)
         runs = self.model.hf_model is not None  # weights-only models have no forward pass
         if verify:
             n_null = check_positive_int(n_null, "n_null")
@@ -526,33 +397,15 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         if roles is None and (writer_role or reader_role or runs):
             roles = self.head_roles()  # weights-only: only when a role filter asks for them (and fails clearly)
         comp = self.composition_scores(mode, folded=folded)
-        layer = torch.arange(self.cfg.n_layers, device=comp.tensor.device)
-        allowed = (layer[:, None] < layer[None, :])[:, None, :, None].expand(comp.tensor.shape)  # [L, H, L, H]
-        if writer_role:
-            allowed = allowed & (roles.scores(writer_role) >= role_threshold)[:, :, None, None]
-        if reader_role:
-            allowed = allowed & (roles.scores(reader_role) >= role_threshold)[None, None, :, :]
-        keep = allowed & (comp.tensor >= min_ratio * comp.baseline)
-        index = keep.nonzero().tolist()
-        values = [float(comp.tensor[tuple(i)]) for i in index]
-        order = sorted(range(len(index)), key=lambda k: -values[k])[: top_k if top_k is not None else None]
-
-        def role_dict(layer: int, head: int) -> dict[str, float]:
-            if roles is None:
-                return {}
-            return {role: round(float(roles.scores(role)[layer, head]), 4) for role in ROLES}
-
-        edges = [
-            CircuitEdge(
-                writer=(index[k][0], index[k][1]),
-                reader=(index[k][2], index[k][3]),
-                score=values[k],
-                ratio=values[k] / comp.baseline,
-                writer_roles=role_dict(index[k][0], index[k][1]),
-                reader_roles=role_dict(index[k][2], index[k][3]),
-            )
-            for k in order
-        ]
+        edges, notes = circuit_edges(
+            comp,
+            roles,
+            writer_role=writer_role,
+            reader_role=reader_role,
+            role_threshold=role_threshold,
+            min_ratio=min_ratio,
+            top_k=top_k,
+        )
         verification = None
         if verify and edges:
             if probe is None:  # head_roles' default probe
@@ -563,10 +416,6 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
             results, verification = verify_circuit(self.model, ids, mask, pairs, mode, n_null=n_null)
             for edge, (effect, ratio) in zip(edges, results, strict=True):
                 edge.causal_effect, edge.ratio_to_null = effect, ratio
-        notes = []
-        if not edges:
-            filters = {role: role_threshold for role in (writer_role, reader_role) if role}
-            notes.append(self._why_no_edge(comp, allowed, min_ratio, roles, filters))
         return Circuit(
             edges,
             notes=notes,
@@ -577,23 +426,6 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
             reader_role=reader_role,
             role_threshold=role_threshold if (writer_role or reader_role) else None,
             verification=verification,
-        )
-
-    @staticmethod
-    def _why_no_edge(
-        comp: CompositionScores, allowed: Tensor, min_ratio: float, roles: Any, filters: dict[str, float]
-    ) -> str:
-        """Which filter emptied a circuit: the role filters (``filters``: role -> threshold), or
-        min_ratio (naming the strongest pair the filters allow)."""
-        if not allowed.any():
-            counts = [f"{int((roles.scores(r) >= t).sum())} heads score >= {t:g} as {r}" for r, t in filters.items()]
-            return f"no pair of heads in increasing layers passes the role filters ({'; '.join(counts)})"
-        scores = comp.tensor.masked_fill(~allowed, -1.0)
-        a, b, c, d = (int(i) for i in torch.unravel_index(scores.argmax(), scores.shape))
-        ratio = float(scores[a, b, c, d]) / comp.baseline
-        return (
-            f"the strongest {comp.mode}-composition the role filters allow is L{a}H{b} -> L{c}H{d}, "
-            f"{ratio:.2f}x the baseline: below min_ratio {min_ratio:g}"
         )
 
 

@@ -18,6 +18,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from arrakis.circuits import heads as head_math
+from arrakis.circuits.roles import ROLES
+
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
@@ -60,6 +63,34 @@ class HeadSelection(list):
         self.baseline = baseline
         self.notes = list(notes or [])
         self.extra = dict(extra or {})
+
+    @classmethod
+    def from_scores(
+        cls,
+        layer: int,
+        scores: Tensor,
+        threshold: float,
+        method: str,
+        *,
+        baseline: float | None = None,
+        notes: list[str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> HeadSelection:
+        """The smallest set of heads, strongest first, whose shares of ``scores`` [head]
+        (non-negative) add up to at least ``threshold``."""
+        scores = scores.detach().float().cpu()
+        chosen = head_math.select_by_share(scores, threshold)
+        return cls(
+            [(layer, h) for h in chosen],
+            layer=layer,
+            scores=scores.tolist(),
+            shares=head_math.shares(scores).tolist(),
+            method=method,
+            threshold=threshold,
+            baseline=baseline,
+            notes=notes,
+            extra=extra,
+        )
 
     @property
     def heads(self) -> list[Head]:
@@ -198,8 +229,6 @@ class HeadRoles:
     source: str  # "repeated random tokens (seq_len=..., n_repeats=..., seed=...)" or "input_ids"
 
     def scores(self, role: str) -> Tensor:
-        from arrakis.circuits.roles import ROLES
-
         if role not in ROLES:
             raise ValueError(f"unknown head role {role!r}; expected one of {', '.join(ROLES)}")
         return getattr(self, role)
@@ -217,14 +246,14 @@ class HeadRoles:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        for role in ("previous_token", "duplicate_token", "induction"):
+        for role in ROLES:
             data[role] = getattr(self, role).tolist()
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HeadRoles:
         data = dict(data)
-        for role in ("previous_token", "duplicate_token", "induction"):
+        for role in ROLES:
             data[role] = torch.tensor(data[role], dtype=torch.float32)
         return cls(**data)
 
@@ -243,9 +272,9 @@ class HeadRoles:
         """A line per role with its strongest heads, never the whole tensors."""
         n_layers, n_heads = self.previous_token.shape
         lines = [f"HeadRoles({n_layers} layers x {n_heads} heads, on {self.source}; strongest:"]
-        for role in ("previous_token", "duplicate_token", "induction"):
+        for role in ROLES:
             top = ", ".join(f"L{layer}H{head} {value:.2f}" for (layer, head), value in self.top(role, 3))
-            lines.append(f"  {role}: {top})" if role == "induction" else f"  {role}: {top}")
+            lines.append(f"  {role}: {top})" if role == ROLES[-1] else f"  {role}: {top}")
         return "\n".join(lines)
 
 
