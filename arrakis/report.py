@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from arrakis.circuits.roles import ROLES
 from arrakis.models import HookedAutoModel
 from arrakis.tools import WriteReadAnalyzer
 from arrakis.tools.flow_question import induction_question, resolve_positions
@@ -117,7 +118,7 @@ class Report:
     def _roles(self) -> Section:
         roles = self.roles
         rows = []
-        for role in ("previous_token", "duplicate_token", "induction"):
+        for role in ROLES:
             top = [(h, v) for h, v in roles.top(role, 5) if v >= self.role_threshold]
             rows.append([role.replace("_", "-"), heads_text(top)])
         body = f"<p>Scores on {html.escape(roles.source)} (TransformerLens's detect_head, 'mul').</p>"

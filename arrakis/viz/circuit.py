@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from arrakis.circuits.roles import ROLES
 from arrakis.viz.common import head_name, new_figure
 
 if TYPE_CHECKING:
@@ -19,12 +20,10 @@ if TYPE_CHECKING:
 
 EDGE = "edge"  # gid of the arrows
 ROLE_COLORS = {
-    "previous_token": "tab:blue",
-    "duplicate_token": "tab:orange",
-    "induction": "tab:green",
+    **dict(zip(ROLES, ("tab:blue", "tab:orange", "tab:green"), strict=True)),
     None: "0.6",  # no role reaches min_role_score
 }
-ROLE_NAMES = {"previous_token": "previous-token", "duplicate_token": "duplicate-token", "induction": "induction"}
+ROLE_NAMES = {role: role.replace("_", "-") for role in ROLES}
 
 
 def strongest_role(roles: dict[str, float], min_role_score: float) -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from arrakis.circuits.roles import ROLES
 from arrakis.viz.common import head_axes, mark_cells, new_figure
 
 if TYPE_CHECKING:
@@ -16,13 +17,11 @@ if TYPE_CHECKING:
 
     from arrakis.tools.results import HeadRoles
 
-TITLES = {"previous_token": "previous-token", "duplicate_token": "duplicate-token", "induction": "induction"}
+TITLES = {role: role.replace("_", "-") for role in ROLES}
 
 
 def plot_head_roles(roles: HeadRoles) -> Figure:
     """Three [n_layers, n_heads] heatmaps of role scores, the top head of each outlined."""
-    from arrakis.circuits.roles import ROLES
-
     n_layers, n_heads = roles.previous_token.shape
     fig = new_figure(max(9.0, 3 * (0.3 * n_heads + 1.2) + 1.5), max(2.6, 0.22 * n_layers + 1.6))
     axes = fig.subplots(1, len(ROLES), sharey=True)
