@@ -45,6 +45,7 @@ from arrakis.tools.information_flow import RESIDUAL
 from tests.conftest import VARIANTS, randomize_
 
 TOL = 1e-5
+ZERO = 1e-6  # what counts as no flow: float32 rounding of sums of exact zeros is ~1e-7
 N_LAYERS = 4
 
 
@@ -274,9 +275,11 @@ def test_influence_reaches_dst_only_through_intermediate_positions_beyond_the_wi
     brute = brute_force_routes(model, ids, src, dst)
     flow = WriteReadAnalyzer(model).trace_information_flow(ids, src_pos=src, dst_pos=dst, method="routes")
     assert_matches_brute_force(flow, brute, N_LAYERS)
-    assert brute["direct"] == [0.0] * N_LAYERS  # no direct edge: outside every window
-    assert all(h.attention == 0.0 for lf in flow.layers for h in lf.heads)
-    assert flow[0] == 0.0 and flow[1] == 0.0  # one and two hops cannot reach dst
+    # "zero" up to float32 rounding: masked keys leave ~1e-7 on some CPUs (7.5e-8 seen), four
+    # orders of magnitude below what three hops carry
+    assert all(abs(direct) < ZERO for direct in brute["direct"])  # no direct edge: outside every window
+    assert all(abs(h.attention) < ZERO for lf in flow.layers for h in lf.heads)
+    assert abs(flow[0]) < ZERO and abs(flow[1]) < ZERO  # one and two hops cannot reach dst
     assert flow[2] > 1e-3 and flow[3] > 1e-3  # three can
     # and the best route indeed uses heads at three different layers, hopping forward
     best = flow.paths[0]
