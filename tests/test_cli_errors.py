@@ -18,8 +18,8 @@ from transformers import PreTrainedTokenizerFast
 
 from arrakis import HookedAutoModel, cli
 from arrakis.cli import commands, main
-from arrakis.models import UnsupportedArchitectureError, load_model, loading
-from arrakis.models.loading import ModelLoadError, ModelNotFoundError
+from arrakis.models import UnsupportedArchitectureError, disk_cache, load_model, loading, packaged
+from arrakis.models.load_errors import ModelLoadError, ModelNotFoundError
 from tests.conftest import shared
 
 ARRAKIS = Path(sys.executable).with_name("arrakis")  # the console script installed beside python
@@ -50,7 +50,7 @@ def no_loading(monkeypatch):
 
 @pytest.fixture
 def cache(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv(loading.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(disk_cache.CACHE_ENV, str(tmp_path / "cache"))
     return tmp_path / "cache"
 
 
@@ -128,7 +128,7 @@ def tiny_folder(path: Path, **config_changes) -> Path:
     """A tiny saved llama (config.json + model.safetensors), its config changed as asked (None
     removes a key)."""
     path.mkdir(parents=True)
-    loading.save_converted(shared("llama").hf_model, None, path)
+    disk_cache.save_converted(shared("llama").hf_model, None, path)
     config = json.loads((path / "config.json").read_text()) | config_changes
     (path / "config.json").write_text(json.dumps({k: v for k, v in config.items() if v is not None}))
     return path
@@ -136,7 +136,7 @@ def tiny_folder(path: Path, **config_changes) -> Path:
 
 def corrupt_gguf(path: Path) -> Path:
     """The embedded model's GGUF file cut after 3 MB: a valid header, a truncated body."""
-    with open(loading.embedded_model_path(), "rb") as f:
+    with open(packaged.embedded_model_path(), "rb") as f:
         path.write_bytes(f.read(3 << 20))
     return path
 
@@ -212,7 +212,7 @@ def test_a_corrupt_gguf_raises_a_load_error_naming_it_and_is_never_cached(tmp_pa
 @pytest.mark.slow
 def test_a_gguf_whose_body_is_garbage_is_refused_not_cached(tmp_path, cache):
     """GGUF has no checksum: a body of random bytes dequantises, into weights that are not finite."""
-    source = loading.embedded_model_path()
+    source = packaged.embedded_model_path()
     path = tmp_path / "garbage.gguf"
     with open(source, "rb") as f:
         header = f.read(2 << 20)  # the metadata and the tensor table, and then some
@@ -332,7 +332,7 @@ def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
 def test_the_console_script_exits_2_with_one_line(case, tmp_path):
     if case == "corrupt gguf":
         path = corrupt_gguf(tmp_path / "cut.gguf")
-        result = run("heads", "--model", str(path), env={loading.CACHE_ENV: str(tmp_path / "cache")})
+        result = run("heads", "--model", str(path), env={disk_cache.CACHE_ENV: str(tmp_path / "cache")})
         words = ["cannot read model file", str(path), "truncated or corrupt"]
         assert not any((tmp_path / "cache").rglob("*.safetensors"))
     else:

@@ -20,7 +20,7 @@ from transformers import AutoModelForCausalLM
 from arrakis import HookedAutoConfig, HookedAutoModel, load_model
 from arrakis.circuits.attribution import spearman
 from arrakis.circuits.roles import repeated_random_tokens
-from arrakis.models.loading import embedded_model_path
+from arrakis.models.packaged import embedded_model_path
 from arrakis.tools import WriteReadAnalyzer
 from arrakis.tools.circuit_verify import verify_circuit
 from tests.models import test_hooked_model as identities

@@ -16,7 +16,8 @@ from transformers import AutoModelForCausalLM
 
 from arrakis import HookedAutoModel, load_model
 from arrakis.circuits.attribution import spearman
-from arrakis.models.loading import GEMMA3_SHA256, file_sha256, gemma3_270m_path
+from arrakis.models.disk_cache import file_sha256
+from arrakis.models.packaged import GEMMA3_SHA256, gemma3_270m_path
 from arrakis.tools import WriteReadAnalyzer
 from tests.models import test_hooked_model as identities
 from tests.models.test_qk_norms import gain_folded_qk_is_the_logit, q_k_norm_hooks_hold

@@ -5,7 +5,7 @@ from arrakis.models.cache import ActivationCache
 from arrakis.models.config import HookedAutoConfig, ModelShape, supported_families
 from arrakis.models.hook_points import HookNameError
 from arrakis.models.hooked_model import HookedAutoModel, load_model
-from arrakis.models.loading import ModelLoadError, ModelNotFoundError
+from arrakis.models.load_errors import ModelLoadError, ModelNotFoundError
 from arrakis.models.weights import HeadWeights
 
 __all__ = [

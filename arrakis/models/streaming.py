@@ -21,8 +21,10 @@ from transformers import AutoConfig
 
 from arrakis.models.adapters import FamilyAdapter, adapter_for
 from arrakis.models.config import ModelShape, model_shape
-from arrakis.models.loading import ModelNotFoundError, check_config
+from arrakis.models.load_errors import ModelNotFoundError, reading
+from arrakis.models.loading import check_config
 from arrakis.models.weights import HeadWeights, Linear, Norm, stack_head_weights
+from arrakis.progress import progress as progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -49,14 +51,15 @@ class Checkpoint:
     def _weight_map(self) -> dict[str, Path]:
         index = self.folder / "model.safetensors.index.json"
         if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
+            with reading(index, "it is not a valid shard index"):
+                weight_map = json.loads(index.read_text())["weight_map"]
             return {name: self.folder / file for name, file in weight_map.items()}
         shards = sorted(self.folder.glob("*.safetensors"))
         if not shards:
             raise ModelNotFoundError(f"no *.safetensors files in {str(self.folder)!r}")
         files = {}
-        for shard in shards:
-            with safe_open(shard, framework="pt") as f:
+        for shard in shards:  # each header is read here, so a truncated shard is named before any tensor
+            with reading(shard, "it is truncated or corrupt"), safe_open(shard, framework="pt") as f:
                 files.update(dict.fromkeys(f.keys(), shard))
         return files
 
@@ -79,14 +82,14 @@ class Checkpoint:
     # shards open would hold the whole checkpoint in memory beside the stacked weights.
 
     def shape_of(self, name: str) -> list[int]:
-        with safe_open(self.files[name], framework="pt") as f:
+        with reading(self.files[name], "it is truncated or corrupt"), safe_open(self.files[name], framework="pt") as f:
             return list(f.get_slice(name).get_shape())
 
     def tensor(self, name: str) -> Tensor | None:
         """One tensor, read from its shard (None if the checkpoint has no such tensor)."""
         if name not in self.files:
             return None
-        with safe_open(self.files[name], framework="pt") as f:
+        with reading(self.files[name], "it is truncated or corrupt"), safe_open(self.files[name], framework="pt") as f:
             return f.get_tensor(name)
 
     def layer_tensors(self, layer: int) -> tuple[Linear, Norm]:
@@ -106,10 +109,9 @@ class Checkpoint:
         self, *, folded: bool = True, dtype: torch.dtype = torch.float32, progress: bool = True
     ) -> HeadWeights:
         """Per-head weights of every layer, read one layer at a time (see weights.py)."""
-        from tqdm import tqdm
 
         def layers() -> Iterator[tuple[Linear, Norm]]:
-            for layer in tqdm(range(self.cfg.n_layers), desc="reading weights", unit="layer", disable=not progress):
+            for layer in progress_bar(range(self.cfg.n_layers), "reading weights", "layer", enabled=progress):
                 yield self.layer_tensors(layer)
 
         with torch.no_grad():

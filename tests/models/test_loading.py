@@ -11,7 +11,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import BertConfig, BertForMaskedLM, PreTrainedTokenizerFast
 
 from arrakis import HookedAutoModel, ModelNotFoundError, load_model
-from arrakis.models import loading
+from arrakis.models import disk_cache
 from tests.conftest import VARIANTS, prompt, shared
 
 
@@ -79,7 +79,7 @@ def test_an_unsupported_architecture_is_refused_before_loading_weights(tmp_path)
 
 @pytest.fixture
 def cache_root(tmp_path, monkeypatch):
-    monkeypatch.setenv(loading.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(disk_cache.CACHE_ENV, str(tmp_path / "cache"))
     return tmp_path / "cache"
 
 
@@ -88,16 +88,16 @@ def counting_build(calls: list[int]):
 
     def build(folder):
         calls.append(1)
-        loading.save_converted(shared("llama").hf_model, word_tokenizer(), folder)
+        disk_cache.save_converted(shared("llama").hf_model, word_tokenizer(), folder)
 
     return build
 
 
 def test_a_cache_entry_is_built_once_and_reused(cache_root):
     calls: list[int] = []
-    entry = loading.cached_entry("abc", counting_build(calls))
-    assert entry == cache_root / "gguf" / "abc" and loading.entry_is_valid(entry)
-    assert loading.cached_entry("abc", counting_build(calls)) == entry
+    entry = disk_cache.cached_entry("abc", counting_build(calls))
+    assert entry == cache_root / "gguf" / "abc" and disk_cache.entry_is_valid(entry)
+    assert disk_cache.cached_entry("abc", counting_build(calls)) == entry
     assert len(calls) == 1
     model = HookedAutoModel.from_pretrained(entry)
     ids = prompt(512)
@@ -107,21 +107,21 @@ def test_a_cache_entry_is_built_once_and_reused(cache_root):
 @pytest.mark.parametrize("damage", ["truncate weights", "drop manifest", "edit config", "extra format"])
 def test_a_corrupt_or_partial_cache_entry_is_rebuilt_never_used(cache_root, damage):
     calls: list[int] = []
-    entry = loading.cached_entry("abc", counting_build(calls))
+    entry = disk_cache.cached_entry("abc", counting_build(calls))
     weights = entry / "model.safetensors"
     if damage == "truncate weights":
         weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     elif damage == "drop manifest":
-        (entry / loading.MANIFEST).unlink()
+        (entry / disk_cache.MANIFEST).unlink()
     elif damage == "edit config":
         config = json.loads((entry / "config.json").read_text())
         (entry / "config.json").write_text(json.dumps({**config, "num_hidden_layers": 1}))
     else:
-        manifest = json.loads((entry / loading.MANIFEST).read_text())
-        (entry / loading.MANIFEST).write_text(json.dumps({**manifest, "format": 0}))
-    assert not loading.entry_is_valid(entry)
-    assert loading.cached_entry("abc", counting_build(calls)) == entry
-    assert len(calls) == 2 and loading.entry_is_valid(entry)
+        manifest = json.loads((entry / disk_cache.MANIFEST).read_text())
+        (entry / disk_cache.MANIFEST).write_text(json.dumps({**manifest, "format": 0}))
+    assert not disk_cache.entry_is_valid(entry)
+    assert disk_cache.cached_entry("abc", counting_build(calls)) == entry
+    assert len(calls) == 2 and disk_cache.entry_is_valid(entry)
 
 
 def test_a_build_that_fails_leaves_no_entry(cache_root):
@@ -130,14 +130,14 @@ def test_a_build_that_fails_leaves_no_entry(cache_root):
         raise RuntimeError("killed mid-write")
 
     with pytest.raises(RuntimeError, match="killed"):
-        loading.cached_entry("abc", broken)
+        disk_cache.cached_entry("abc", broken)
     assert not (cache_root / "gguf" / "abc").exists()
     assert list((cache_root / "gguf").iterdir()) == []  # the temporary folder is gone too
 
 
 def test_the_cache_folder_follows_the_environment(monkeypatch, tmp_path):
-    monkeypatch.setenv(loading.CACHE_ENV, str(tmp_path / "x"))
-    assert loading.cache_dir() == tmp_path / "x"
-    monkeypatch.delenv(loading.CACHE_ENV)
+    monkeypatch.setenv(disk_cache.CACHE_ENV, str(tmp_path / "x"))
+    assert disk_cache.cache_dir() == tmp_path / "x"
+    monkeypatch.delenv(disk_cache.CACHE_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert loading.cache_dir() == tmp_path / "xdg" / "arrakis"
+    assert disk_cache.cache_dir() == tmp_path / "xdg" / "arrakis"
