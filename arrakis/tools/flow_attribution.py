@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
 
 import torch
 from torch import Tensor
 
 from arrakis.circuits.attribution import edge_attributions, strongest_routes
 from arrakis.models import HookedAutoModel
-from arrakis.models.interventions import pattern_gradients
+from arrakis.models.pattern_gradients import pattern_gradients
 from arrakis.tools.flow_question import FlowMetric, build_flow
-from arrakis.tools.results.flow import FlowPath, HeadFlow, Hop, InformationFlow, LayerFlow
+from arrakis.tools.results.flow import FlowEdge, FlowPath, HeadFlow, Hop, InformationFlow, LayerFlow
 
 logger = logging.getLogger(__name__)
 MAX_EDGES = 400  # edges kept for the graph and the plot, strongest first
@@ -86,7 +85,7 @@ def trace_attribution(
     )
 
 
-def strongest_edges(edges: list[Tensor], layers: list[int], src: int, min_share: float) -> list[dict[str, Any]]:
+def strongest_edges(edges: list[Tensor], layers: list[int], src: int, min_share: float) -> list[FlowEdge]:
     """Edges i <- j (src <= j < i <= dst) whose |estimate| is at least ``min_share`` of the
     strongest one's, at most MAX_EDGES of them, strongest first."""
     below = torch.ones(edges[0].shape[-1], edges[0].shape[-1], dtype=torch.bool).tril(-1)
@@ -101,13 +100,4 @@ def strongest_edges(edges: list[Tensor], layers: list[int], src: int, min_share:
         if len(found) > 4 * MAX_EDGES:
             found = sorted(found, key=lambda e: -abs(e[0]))[:MAX_EDGES]
     found = sorted(found, key=lambda e: -abs(e[0]))[:MAX_EDGES]
-    return [
-        {
-            "source": (layers[index], src + j),
-            "target": (layers[index] + 1, src + i),
-            "layer": layers[index],
-            "head": h,
-            "score": score,
-        }
-        for score, index, h, i, j in found
-    ]
+    return [FlowEdge.at(layers[index], h, src + j, src + i, score) for score, index, h, i, j in found]

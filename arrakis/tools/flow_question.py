@@ -14,7 +14,7 @@ from torch import Tensor
 from arrakis.models import HookedAutoModel
 from arrakis.models.batching import check_attention_mask, real_rows
 from arrakis.tools.base import check_index
-from arrakis.tools.results.flow import FlowPath, InformationFlow, LayerFlow
+from arrakis.tools.results.flow import FlowEdge, FlowPath, InformationFlow, LayerFlow
 
 
 def token_id(model: HookedAutoModel, token: Any, what: str) -> int:
@@ -219,7 +219,7 @@ def build_flow(
     dst: int,
     top_k: int,
     paths: list[FlowPath],
-    edges: list[dict[str, Any]],
+    edges: list[FlowEdge],
     method: str,
     metric: FlowMetric,
     value: float,

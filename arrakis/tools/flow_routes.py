@@ -13,15 +13,13 @@ building the graph as it goes.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
 from arrakis.circuits.flow import RESIDUAL, chunked_importances
 from arrakis.models import HookedAutoModel
 from arrakis.tools.flow_question import FlowMetric, build_flow
-from arrakis.tools.results.flow import FlowPath, HeadFlow, Hop, InformationFlow, LayerFlow
+from arrakis.tools.results.flow import FlowEdge, FlowPath, HeadFlow, Hop, InformationFlow, LayerFlow
 
 ROUTE_HOOKS = ("hook_resid_pre", "hook_attn_out", "attn.hook_pattern", "attn.hook_v")
 NOTES = [
@@ -64,7 +62,7 @@ def trace_routes(
     beam[0, 0] = 1.0
     pointers: list[Tensor] = []  # per layer [rows, n_paths, 3]: (head or RESIDUAL, source row, slot)
     layer_flows: list[LayerFlow] = []
-    edges: list[dict[str, Any]] = []
+    edges: list[FlowEdge] = []
     for layer in layers:
         pattern = cache[f"blocks.{layer}.attn.hook_pattern"]  # [head, rows, keys]
         v = cache[f"blocks.{layer}.attn.hook_v"]  # [keys, head, d_head]
@@ -136,30 +134,20 @@ def _layer_detail(layer, flow, imp_res, imp_heads, imp_bias, carried, pattern, v
     return LayerFlow(layer, float(flow), heads, residual_share=float(imp_res[-1]), bias_share=float(imp_bias[-1]))
 
 
-def _edges(layer, positions, imp_res, imp_heads, f_prev, min_flow) -> list[dict[str, Any]]:
+def _edges(layer, positions, imp_res, imp_heads, f_prev, min_flow) -> list[FlowEdge]:
     """Graph edges of one chunk of rows that carry at least ``min_flow``."""
     out = []
     flow_heads = imp_heads * f_prev  # [head, rows, keys]
     for h, r, j in (flow_heads >= min_flow).nonzero().tolist():
         source, target = int(j), int(positions[r])
-        out.append(_edge(layer, h, source, target, float(imp_heads[h, r, j]), float(flow_heads[h, r, j])))
+        out.append(
+            FlowEdge.at(layer, h, source, target, float(flow_heads[h, r, j]), importance=float(imp_heads[h, r, j]))
+        )
     flow_res = imp_res * f_prev[positions]
     for r in (flow_res >= min_flow).nonzero().flatten().tolist():
         position = int(positions[r])
-        out.append(_edge(layer, RESIDUAL, position, position, float(imp_res[r]), float(flow_res[r])))
+        out.append(FlowEdge.at(layer, RESIDUAL, position, position, float(flow_res[r]), importance=float(imp_res[r])))
     return out
-
-
-def _edge(layer: int, head: int, source: int, target: int, importance: float, flow: float) -> dict[str, Any]:
-    return {
-        "source": (layer, source),
-        "target": (layer + 1, target),
-        "layer": layer,
-        "head": head,
-        "importance": importance,
-        "flow": flow,
-        "score": flow,
-    }
 
 
 def _follow_paths(beam, imp_res, imp_heads, rows, new_beam, pointers) -> None:

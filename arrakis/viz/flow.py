@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
 
-    from arrakis.tools.results.flow import InformationFlow
+    from arrakis.tools.results.flow import FlowEdge, InformationFlow
 
 HEAD_COLOR, SUPPRESSING_COLOR, RESIDUAL_COLOR, PATH_COLOR = "tab:blue", "tab:red", "0.55", "black"
 EXACT_COLOR = "tab:orange"
@@ -83,22 +83,22 @@ def draw_flow_graph(ax: Axes, flow: InformationFlow, *, n_labels: int = 8) -> No
 
     layers = [lf.layer for lf in flow.layers]
     x_of = {layer: i for i, layer in enumerate(layers)}  # layers may skip: x counts analysed ones
-    top = max((abs(edge["score"]) for edge in flow.edges), default=1.0) or 1.0
+    top = max((abs(edge.score) for edge in flow.edges), default=1.0) or 1.0
     attribution = _attribution(flow)
 
-    def segment(edge: dict[str, Any]) -> list[tuple[float, float]]:
-        x = x_of[edge["layer"]]
-        return [(x, edge["source"][1]), (x + 1, edge["target"][1])]
+    def segment(edge: FlowEdge) -> list[tuple[float, float]]:
+        x = x_of[edge.layer]
+        return [(x, edge.source[1]), (x + 1, edge.target[1])]
 
-    heads = [edge for edge in flow.edges if edge["head"] != RESIDUAL]
+    heads = [edge for edge in flow.edges if edge.head != RESIDUAL]
     groups = [  # drawn in this order: the edges that carry on top
-        ("suppressing", SUPPRESSING_COLOR, [e for e in heads if attribution and e["score"] < 0]),
-        ("heads", HEAD_COLOR, [e for e in heads if not attribution or e["score"] >= 0]),
+        ("suppressing", SUPPRESSING_COLOR, [e for e in heads if attribution and e.score < 0]),
+        ("heads", HEAD_COLOR, [e for e in heads if not attribution or e.score >= 0]),
     ]
     if not attribution:  # routes: staying in the residual stream is an edge with its own flow
-        groups = [("residual", RESIDUAL_COLOR, [e for e in flow.edges if e["head"] == RESIDUAL]), groups[1]]
+        groups = [("residual", RESIDUAL_COLOR, [e for e in flow.edges if e.head == RESIDUAL]), groups[1]]
     for gid, color, edges in groups:
-        strength = [abs(edge["score"]) / top for edge in edges]
+        strength = [abs(edge.score) / top for edge in edges]
         ax.add_collection(
             LineCollection(
                 [segment(e) for e in edges],
@@ -121,13 +121,13 @@ def draw_flow_graph(ax: Axes, flow: InformationFlow, *, n_labels: int = 8) -> No
     # name each labelled edge where it arrives, just left of its target node: labels then sit
     # one row apart instead of crowding near src; heads arriving at one node share a label (two
     # names at most, then a count), framed in the colour of the strongest of them
-    arrivals: dict[tuple[float, float], list[dict[str, Any]]] = {}
+    arrivals: dict[tuple[float, float], list[FlowEdge]] = {}
     for edge in _labelled_edges(flow, n_labels):
         arrivals.setdefault(segment(edge)[1], []).append(edge)
     for (x, y), edges in arrivals.items():
-        names = [head_name((edge["layer"], edge["head"])) for edge in edges]
-        strongest = max(edges, key=lambda e: abs(e["score"]))
-        frame = SUPPRESSING_COLOR if attribution and strongest["score"] < 0 else HEAD_COLOR
+        names = [head_name((edge.layer, edge.head)) for edge in edges]
+        strongest = max(edges, key=lambda e: abs(e.score))
+        frame = SUPPRESSING_COLOR if attribution and strongest.score < 0 else HEAD_COLOR
         ax.text(
             x - 0.06,
             y,
@@ -180,14 +180,14 @@ def _path_points(flow: InformationFlow, path: Any, x_of: dict[int, int]) -> list
     return [p for i, p in enumerate(points) if i == 0 or p != points[i - 1]]
 
 
-def _labelled_edges(flow: InformationFlow, n_labels: int) -> list[dict[str, Any]]:
+def _labelled_edges(flow: InformationFlow, n_labels: int) -> list[FlowEdge]:
     """The ``n_labels`` head edges with the largest |score|, plus, for each top head, its
     dst <- src edge (attribution: the edge its score is about) or else its strongest edge."""
-    heads = sorted((e for e in flow.edges if e["head"] != RESIDUAL), key=lambda e: -abs(e["score"]))
+    heads = sorted((e for e in flow.edges if e.head != RESIDUAL), key=lambda e: -abs(e.score))
     chosen = heads[:n_labels]
     for layer, head in flow.top_heads:
-        own = [e for e in heads if (e["layer"], e["head"]) == (layer, head)]
-        direct = [e for e in own if e["source"][1] == flow.src_pos and e["target"][1] == flow.dst_pos]
+        own = [e for e in heads if (e.layer, e.head) == (layer, head)]
+        direct = [e for e in own if e.source[1] == flow.src_pos and e.target[1] == flow.dst_pos]
         pick = (direct if _attribution(flow) and direct else own)[:1]
         if pick and pick[0] not in chosen:
             chosen.append(pick[0])

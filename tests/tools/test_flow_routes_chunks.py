@@ -74,11 +74,11 @@ def test_many_chunks_give_the_brute_force_and_the_one_chunk_result(variant, smal
     assert [p.describe() for p in whole.paths] == [p.describe() for p in chunked.paths]
 
     def key(edge: dict) -> tuple:
-        return edge["layer"], edge["head"], edge["source"], edge["target"]
+        return edge.layer, edge.head, edge.source, edge.target
 
     assert sorted(map(key, whole.edges)) == sorted(map(key, chunked.edges))
-    flows = {key(e): e["flow"] for e in whole.edges}
-    assert all(e["flow"] == pytest.approx(flows[key(e)], abs=TOL) for e in chunked.edges)
+    flows = {key(e): e.flow for e in whole.edges}
+    assert all(e.flow == pytest.approx(flows[key(e)], abs=TOL) for e in chunked.edges)
 
 
 def test_chunked_importances_equal_the_whole_computation_with_keys_after_an_offset():

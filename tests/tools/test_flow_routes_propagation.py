@@ -255,7 +255,7 @@ def test_routes_edges_are_every_flow_above_the_threshold(variant):
     flow = WriteReadAnalyzer(model).trace_information_flow(
         ids, src_pos=src, dst_pos=dst, method="routes", min_edge_flow=min_flow
     )
-    got = {(e["layer"], e["head"], e["source"][1], e["target"][1]): e["flow"] for e in flow.edges}
+    got = {(e.layer, e.head, e.source[1], e.target[1]): e.flow for e in flow.edges}
     borderline = {k for k, v in {**expected, **got}.items() if abs(v - min_flow) < TOL}
     assert set(got) - borderline == set(expected) - borderline
     for key in set(got) & set(expected):

@@ -15,7 +15,7 @@ import torch
 from arrakis import HookedAutoConfig, HookedAutoModel
 from arrakis.circuits.attribution import spearman
 from arrakis.circuits.flow import part_importances
-from arrakis.tools import InformationFlow, WriteReadAnalyzer
+from arrakis.tools import FlowEdge, InformationFlow, WriteReadAnalyzer
 from arrakis.tools.information_flow import RESIDUAL
 from tests.conftest import VARIANTS, build, shared
 from tests.tools.test_write_read import planted_previous_token_model
@@ -262,7 +262,11 @@ def test_paths_graph_and_json_round_trip():
         back = InformationFlow.from_dict(json.loads(json.dumps(flow.to_dict())))
         assert list(back) == list(flow) and back.top_heads == flow.top_heads
         assert back.verification == flow.verification and back.method == method
-        assert torch.equal(back.head_scores, flow.head_scores)
+        # typed edges survive the JSON round trip (floats through JSON are the same doubles)
+        assert back.edges == flow.edges and all(isinstance(e, FlowEdge) for e in back.edges)
+        assert all(isinstance(e.source, tuple) for e in back.edges)
+        assert (method == "routes") == all(e.flow is not None for e in back.edges)
+        torch.testing.assert_close(back.head_scores, flow.head_scores, rtol=0, atol=1e-7)
         assert back.paths[0].describe() == flow.paths[0].describe()
 
 

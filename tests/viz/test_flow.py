@@ -56,13 +56,13 @@ def x_of(flow: InformationFlow, layer: int) -> int:
 def assert_segments_are_the_edges(flow: InformationFlow, collection: LineCollection, edges: list[dict]) -> None:
     assert len(collection.get_segments()) == len(edges)
     for segment, edge in zip(collection.get_segments(), edges, strict=True):
-        x = x_of(flow, edge["layer"])
-        np.testing.assert_allclose(segment, [[x, edge["source"][1]], [x + 1, edge["target"][1]]])
+        x = x_of(flow, edge.layer)
+        np.testing.assert_allclose(segment, [[x, edge.source[1]], [x + 1, edge.target[1]]])
 
 
 def assert_widths_grow_with_score(collections: list[LineCollection], edges: list[dict]) -> None:
     widths = np.concatenate([np.broadcast_to(c.get_linewidths(), len(c.get_segments())) for c in collections])
-    order = np.argsort([abs(e["score"]) for e in edges], kind="stable")
+    order = np.argsort([abs(e.score) for e in edges], kind="stable")
     assert np.all(np.diff(widths[order]) >= 0)
 
 
@@ -105,9 +105,9 @@ def test_attribution_edges_are_coloured_by_sign_and_sized_by_the_drop(llama):
     ax = graph_axes(fig)
     lines = line_collections(ax)
     assert "residual" not in lines  # staying in the residual stream is free: no residual edges
-    carrying = [e for e in flow.edges if e["score"] >= 0]
-    suppressing = [e for e in flow.edges if e["score"] < 0]
-    assert all(e["head"] != RESIDUAL for e in flow.edges) and carrying and suppressing
+    carrying = [e for e in flow.edges if e.score >= 0]
+    suppressing = [e for e in flow.edges if e.score < 0]
+    assert all(e.head != RESIDUAL for e in flow.edges) and carrying and suppressing
     assert_segments_are_the_edges(flow, lines["heads"], carrying)
     assert_segments_are_the_edges(flow, lines["suppressing"], suppressing)
     assert len(lines["heads"].get_segments()) + len(lines["suppressing"].get_segments()) == len(flow.edges)
@@ -157,9 +157,9 @@ def test_routes_draw_residual_and_head_edges_with_width_growing_with_flow(llama)
     ax = graph_axes(fig)
     lines = line_collections(ax)
     assert "suppressing" not in lines
-    heads = [e for e in flow.edges if e["head"] != RESIDUAL]
-    residual = [e for e in flow.edges if e["head"] == RESIDUAL]
-    assert heads and residual and all(e["score"] >= 0 for e in flow.edges)
+    heads = [e for e in flow.edges if e.head != RESIDUAL]
+    residual = [e for e in flow.edges if e.head == RESIDUAL]
+    assert heads and residual and all(e.score >= 0 for e in flow.edges)
     for collection, edges in ((lines["heads"], heads), (lines["residual"], residual)):
         assert_segments_are_the_edges(flow, collection, edges)
         assert_widths_grow_with_score([collection], edges)

@@ -3,13 +3,14 @@
 flow trace). Each has ``to_dict()``/``from_dict()``, ``plot()`` and ``_repr_html_``."""
 
 from arrakis.tools.results.attribution import LogitAttribution
-from arrakis.tools.results.flow import FlowPath, HeadFlow, Hop, InformationFlow, LayerFlow
+from arrakis.tools.results.flow import FlowEdge, FlowPath, HeadFlow, Hop, InformationFlow, LayerFlow
 from arrakis.tools.results.heads import Circuit, CircuitEdge, CompositionScores, Head, HeadRoles, HeadSelection
 
 __all__ = [
     "Circuit",
     "CircuitEdge",
     "CompositionScores",
+    "FlowEdge",
     "FlowPath",
     "Head",
     "HeadFlow",

@@ -71,6 +71,46 @@ class Hop:
     target: int
 
 
+@dataclass(frozen=True)
+class FlowEdge:
+    """One attention edge of a trace: head ``head`` of layer ``layer`` moving information from
+    position j to position i, between graph nodes ``source`` = (layer, j) and ``target`` =
+    (layer + 1, i).
+
+    ``score``: with attribution, the estimated drop in the metric when the edge is knocked
+    out; with routes, the flow it carries, ``flow`` = ``importance`` x f_layer(j), where
+    ``importance`` is the part's share of position i's residual stream (routes only; a
+    RESIDUAL edge stays at one position)."""
+
+    layer: int
+    head: int  # RESIDUAL (-1) for staying in a position's residual stream (routes method)
+    source: tuple[int, int]
+    target: tuple[int, int]
+    score: float
+    importance: float | None = None
+    flow: float | None = None
+
+    @classmethod
+    def at(
+        cls, layer: int, head: int, source: int, target: int, score: float, *, importance: float | None = None
+    ) -> FlowEdge:
+        """The edge of ``head`` in ``layer`` from position ``source`` to position ``target``;
+        with ``importance`` (routes), ``score`` is the flow it carries."""
+        flow = None if importance is None else score
+        return cls(layer, head, (layer, source), (layer + 1, target), score, importance, flow)
+
+    def attributes(self) -> dict[str, Any]:
+        """The fields that are set (the routes' importance and flow only where they are)."""
+        return {key: value for key, value in asdict(self).items() if value is not None}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.attributes(), "source": list(self.source), "target": list(self.target)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FlowEdge:
+        return cls(**{**data, "source": tuple(data["source"]), "target": tuple(data["target"])})
+
+
 @dataclass
 class FlowPath:
     """A src -> ... -> dst route. Attribution: its hops are heads and its score is its weakest
@@ -106,7 +146,7 @@ class InformationFlow(list):
         tokens: list[int],
         top_heads: list[tuple[int, int]],
         paths: list[FlowPath],
-        edges: list[dict[str, Any]],
+        edges: list[FlowEdge],
         method: str = "attribution",
         str_tokens: list[str] | None = None,
         metric: dict[str, Any] | None = None,
@@ -118,11 +158,6 @@ class InformationFlow(list):
         self.top_heads, self.paths, self.edges, self.method = top_heads, paths, edges, method
         self.str_tokens, self.metric, self.verification = str_tokens, metric, verification
         self.notes = list(notes or [])
-
-    @property
-    def knockout(self) -> dict[str, Any] | None:
-        """The exact knockouts (an alias of ``verification``)."""
-        return self.verification
 
     @property
     def layer_ids(self) -> list[int]:
@@ -167,14 +202,14 @@ class InformationFlow(list):
         words = self.str_tokens if self.str_tokens else self.tokens
         # the stream entering and leaving each analysed layer (layers may skip)
         boundaries = sorted({b for layer in self.layer_ids for b in (layer, layer + 1)})
-        nodes = {tuple(e["source"]) for e in self.edges} | {tuple(e["target"]) for e in self.edges}
+        nodes = {e.source for e in self.edges} | {e.target for e in self.edges}
         if self.method == "attribution" and boundaries:
             nodes |= {(boundaries[0], self.src_pos), (boundaries[-1], self.dst_pos)}
         for node in sorted(nodes):
             graph.add_node(node, layer=node[0], position=node[1], token=words[node[1]])
         for edge in self.edges:
-            label = "residual" if edge["head"] == RESIDUAL else f"L{edge['layer']}H{edge['head']}"
-            graph.add_edge(tuple(edge["source"]), tuple(edge["target"]), key=label, **edge, label=label)
+            label = "residual" if edge.head == RESIDUAL else f"L{edge.layer}H{edge.head}"
+            graph.add_edge(edge.source, edge.target, key=label, **edge.attributes(), label=label)
         if self.method == "attribution":  # staying in the residual stream is free
             positions = {node[1] for node in nodes}
             for position in positions:
@@ -197,7 +232,7 @@ class InformationFlow(list):
             "layers": [asdict(layer) for layer in self.layers],
             "top_heads": [list(h) for h in self.top_heads],
             "paths": [asdict(p) for p in self.paths],
-            "edges": [{**e, "source": list(e["source"]), "target": list(e["target"])} for e in self.edges],
+            "edges": [edge.to_dict() for edge in self.edges],
             "verification": self.verification,
             "notes": self.notes,
         }
@@ -206,7 +241,7 @@ class InformationFlow(list):
     def from_dict(cls, data: dict[str, Any]) -> InformationFlow:
         layers = [LayerFlow(**{**d, "heads": [HeadFlow(**h) for h in d["heads"]]}) for d in data["layers"]]
         paths = [FlowPath(p["score"], [Hop(**h) for h in p["hops"]]) for p in data["paths"]]
-        edges = [{**e, "source": tuple(e["source"]), "target": tuple(e["target"])} for e in data["edges"]]
+        edges = [FlowEdge.from_dict(e) for e in data["edges"]]
         return cls(
             layers,
             src_pos=data["src_pos"],
@@ -218,7 +253,7 @@ class InformationFlow(list):
             method=data.get("method", "routes"),
             str_tokens=data.get("str_tokens"),
             metric=data.get("metric"),
-            verification=data.get("verification", data.get("knockout")),
+            verification=data.get("verification"),
             notes=data.get("notes"),
         )
 
