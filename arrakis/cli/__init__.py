@@ -19,7 +19,8 @@ Every command takes ``--json`` for machine-readable output. Bad arguments, and i
 library refuses (a missing or unreadable model file among them), exit with code 2 and one line
 on stderr, ``arrakis: error: ...``, that says what is valid. Arguments are checked before any
 model loads; what needs the model (a layer's upper bound, a token of the prompt) right after it
-loads, before any analysis runs.
+loads, before any analysis runs. ``models`` and ``experiments`` only read metadata
+(``arrakis.cli.metadata``): they answer without importing torch or transformers.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ from typing import Any
 
 # Only the standard library is imported here, so that a bad argument is refused in a fraction
 # of a second, before torch and transformers load (arrakis.cli.commands imports them).
+from arrakis.cli import catalog
+
 MODES = ("Q", "K", "V")  # composition modes (arrakis.circuits.composition.MODES; a test keeps them equal)
 ROLES = ("previous_token", "duplicate_token", "induction")  # head roles (arrakis.circuits.roles.ROLES)
 
@@ -142,6 +145,31 @@ def out_file(value: str) -> str:
     return value
 
 
+def prompt_text(value: str) -> str:
+    """A prompt: some text, not only spaces."""
+    if not value.strip():
+        raise argparse.ArgumentTypeError(f"must be some text to tokenize, got {value!r}")
+    return value
+
+
+def token_text(value: str) -> str:
+    """A token of the prompt, as a string (" Paris", with its leading space): not empty."""
+    if not value:
+        raise argparse.ArgumentTypeError("must be a token as a string, e.g. ' Paris' (with its leading space), got ''")
+    return value
+
+
+def model_name_or_path(value: str) -> str:
+    """A packaged model's name or a path that exists (arrakis loads local files only)."""
+    if catalog.is_packaged_name(value) or Path(value).expanduser().exists():
+        return value
+    raise argparse.ArgumentTypeError(
+        f"no model at {value!r}: arrakis loads local files only (a folder with config.json, a .safetensors "
+        f"or a .gguf file), the embedded default ({', '.join(catalog.EMBEDDED_NAMES)}), or the installed "
+        f"Gemma 3 270M ({', '.join(catalog.GEMMA3_NAMES)})"
+    )
+
+
 def check_layer(value: int | None, n_layers: int, what: str = "--layer") -> None:
     """Refuse a layer beyond the loaded model's, before any analysis runs."""
     if value is not None and value >= n_layers:
@@ -162,7 +190,12 @@ def build_parser() -> Parser:
         return sub
 
     def with_model(sub: Parser) -> Parser:
-        sub.add_argument("--model", default=None, help="a local folder, .safetensors or .gguf (default: embedded)")
+        sub.add_argument(
+            "--model",
+            type=model_name_or_path,
+            default=None,
+            help="a local folder, .safetensors or .gguf (default: embedded)",
+        )
         return sub
 
     command("models", "the supported families and the embedded model")
@@ -180,27 +213,36 @@ def build_parser() -> Parser:
     circuits.add_argument("--top-k", type=positive_int, default=20, help="keep the strongest K edges (K >= 1)")
     circuits.add_argument("--verify", action="store_true", help="path-patch each edge against random pairs")
     flow = with_model(command("flow", "information flow from one token to another"))
-    flow.add_argument("--prompt", required=True)
-    flow.add_argument("--src", required=True, help="the source token (a string that is one token)")
-    flow.add_argument("--dst", required=True, help="the destination token")
+    flow.add_argument("--prompt", type=prompt_text, required=True)
+    flow.add_argument("--src", type=token_text, required=True, help="the source token (a string that is one token)")
+    flow.add_argument("--dst", type=token_text, required=True, help="the destination token")
     flow.add_argument("--layers", type=layer_count, default="all", help="the first N layers, or 'all'")
     flow.add_argument("--method", default="attribution", choices=("attribution", "routes"))
     flow.add_argument(
-        "--target", default=None, help="the token whose log-probability at dst is measured (default: top)"
+        "--target",
+        type=token_text,
+        default=None,
+        help="the token whose log-probability at dst is measured (default: top)",
     )
-    flow.add_argument("--foil", default=None, help="measure logit(target) - logit(foil) instead")
+    flow.add_argument("--foil", type=token_text, default=None, help="measure logit(target) - logit(foil) instead")
     flow.add_argument("--verify", action="store_true", help="exact knockouts of the top heads, each layer, all layers")
     flow.add_argument("--verify-all", action="store_true", help="exact knockout of every head's edge")
     attribute = with_model(command("attribute", "which heads write a token's logit (signed)"))
-    attribute.add_argument("--prompt", required=True)
-    attribute.add_argument("--token", default=None, help="the token (one token; default: the top prediction)")
-    attribute.add_argument("--foil", default=None, help="attribute logit(token) - logit(foil) instead")
+    attribute.add_argument("--prompt", type=prompt_text, required=True)
+    attribute.add_argument(
+        "--token", type=token_text, default=None, help="the token (one token; default: the top prediction)"
+    )
+    attribute.add_argument("--foil", type=token_text, default=None, help="attribute logit(token) - logit(foil) instead")
     attribute.add_argument("--pos", type=position, default=-1, help="the position (default: -1, the last)")
     report = with_model(command("report", "a self-contained HTML report"))
     report.add_argument("--out", type=out_file, required=True, help="the HTML file to write")
-    report.add_argument("--prompt", default=None, help="a prompt for the flow trace")
-    report.add_argument("--src", default=None, help="with --prompt: the flow's source token (default: the first)")
-    report.add_argument("--dst", default=None, help="with --prompt: the flow's destination token (default: the last)")
+    report.add_argument("--prompt", type=prompt_text, default=None, help="a prompt for the flow trace")
+    report.add_argument(
+        "--src", type=token_text, default=None, help="with --prompt: the flow's source token (default: the first)"
+    )
+    report.add_argument(
+        "--dst", type=token_text, default=None, help="with --prompt: the flow's destination token (default: the last)"
+    )
     experiments = command("experiments", "read the bench's experiment store")
     experiments.add_argument("action", choices=["list", "show", "export"])
     experiments.add_argument("name", nargs="?", default=None, help="an experiment name")
@@ -231,6 +273,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     if args.command == "report" and args.prompt is None and (args.src is not None or args.dst is not None):
         given = " and ".join(f"--{name}" for name in ("src", "dst") if getattr(args, name) is not None)
         raise UsageError(f"--src and --dst need --prompt (they name tokens of its flow trace); got {given} without it")
+    if args.command == "summary":
+        known = catalog.families()
+        unknown = [family for family in args.families if family not in known]
+        if unknown:
+            raise UsageError(f"unknown family {unknown[0]!r}; choose from {', '.join(known)}")
     return args
 
 
@@ -241,6 +288,25 @@ def _one_line(err: BaseException) -> str:
     return line or type(err).__name__
 
 
+LIGHT_COMMANDS = ("models", "experiments")  # they read metadata only: arrakis.cli.metadata, no torch
+
+
+def _run(module: Any, args: argparse.Namespace) -> int:
+    """Run the command's ``cmd_NAME`` of ``module`` and print its result; input the library
+    refused (one of the module's ``REFUSED``) exits 2 with one line, anything else is a bug and
+    keeps its traceback."""
+    try:
+        data, text = getattr(module, f"cmd_{args.command}")(args)
+    except module.REFUSED as err:
+        print(f"arrakis: error: {_one_line(err)}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(data if data is not None else {"text": text}, indent=1, default=str))
+    else:
+        print(text)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -248,6 +314,8 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:  # refused before torch, transformers or any model loads
         print(f"arrakis: error: {err}", file=sys.stderr)
         return 2
+    if args.command in LIGHT_COMMANDS:
+        return _run(importlib.import_module("arrakis.cli.metadata"), args)
     commands = importlib.import_module("arrakis.cli.commands")
     from transformers.utils import logging as hf_logging
 
@@ -255,18 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     hf_logging.disable_progress_bar()  # transformers' "Loading weights" bar: a second of noise on stderr
     hf_logging.set_verbosity_error()  # and its many-line load reports: a user error is one line
     try:
-        data, text = getattr(commands, f"cmd_{args.command}")(args)
-    # input the library refused (ModelLoadError, UnsupportedArchitectureError and the tools'
-    # checks are ValueErrors); anything else is a bug and keeps its traceback
-    except (UsageError, ValueError, KeyError, TypeError, commands.ModelNotFoundError) as err:
-        print(f"arrakis: error: {_one_line(err)}", file=sys.stderr)
-        return 2
+        return _run(commands, args)
     finally:
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()
-    if args.json:
-        print(json.dumps(data if data is not None else {"text": text}, indent=1, default=str))
-    else:
-        print(text)
-    return 0

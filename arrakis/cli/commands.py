@@ -5,20 +5,21 @@ without importing torch): each loads what it needs, calls the library and return
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import json
 import time
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from arrakis.cli import ROLE_THRESHOLD, UsageError, check_layer
 from arrakis.models import HookedAutoConfig, HookedAutoModel, ModelNotFoundError, load_model, supported_families
-from arrakis.models.loading import EMBEDDED_FILE, GEMMA3_FILE, GEMMA3_PACKAGES, cache_dir, embedded_model_path
+from arrakis.progress import progress as progress_bar
 from arrakis.tools import WriteReadAnalyzer
 from arrakis.tools.flow_question import induction_question
 from arrakis.tools.logit_attribution import resolve_pos
+
+# input the library refused, answered with one line (ModelLoadError, UnsupportedArchitectureError
+# and the tools' checks are ValueErrors); anything else is a bug and keeps its traceback
+REFUSED = (UsageError, ValueError, KeyError, TypeError, ModelNotFoundError)
 
 # -- printing ----------------------------------------------------------------------------------
 
@@ -63,7 +64,7 @@ def heads_table(
         f"{'layer':>5}  {f'write heads ({threshold:.0%} of the layer)':<36} {'previous-token':<24} induction",
     ]
     data = {"threshold": threshold, "roles_source": roles.source, "layers": []}
-    for layer in tqdm(layers, desc="write heads", unit="layer", leave=False, disable=len(layers) < 8):
+    for layer in progress_bar(layers, "write heads", "layer", enabled=len(layers) >= 8):
         selection = tool.identify_write_heads(layer, threshold)
         prev, ind = _role_heads(roles, "previous_token", layer), _role_heads(roles, "induction", layer)
         write = " ".join(f"H{h}" for _, h in selection)
@@ -111,29 +112,6 @@ def analyze(model: HookedAutoModel) -> str:
 
 
 # -- commands ----------------------------------------------------------------------------------
-
-
-def cmd_models(args: argparse.Namespace) -> Any:
-    try:
-        embedded = str(embedded_model_path())
-    except ModelNotFoundError as err:
-        embedded = f"not installed ({err})"
-    gemma3 = "installed" if all(importlib.util.find_spec(p) for p in GEMMA3_PACKAGES) else "not installed"
-    data = {
-        "families": supported_families(),
-        "embedded": {"name": "SmolLM2-135M-Instruct", "file": EMBEDDED_FILE, "path": embedded},
-        "local": {"gemma3-270m": {"name": "Gemma 3 270M", "file": GEMMA3_FILE, "chunks": gemma3}},
-        "cache_dir": str(cache_dir()),
-    }
-    text = "\n".join(
-        [
-            "families: " + ", ".join(data["families"]),
-            f"embedded model: SmolLM2-135M-Instruct (llama, 30 layers, 9 heads, 3 KV heads), {embedded}",
-            f"also: --model gemma3-270m (Gemma 3 270M: gemma3, 18 layers, 4 heads, 1 KV head), chunks {gemma3}",
-            f"converted weights cached in {data['cache_dir']}",
-        ]
-    )
-    return data, text
 
 
 def cmd_analyze(args: argparse.Namespace) -> Any:
@@ -209,10 +187,46 @@ def flow_text(flow: Any) -> str:
     return "\n".join(lines)
 
 
+def _respellings(value: str) -> list[tuple[str, str]]:
+    """What a token string may have meant: with a leading space (" Alice" for "Alice"), or
+    without the spaces around it."""
+    bare = value.strip()
+    candidates = [(" " + bare, "with its leading space"), (bare, "without its spaces")]
+    return [(other, how) for other, how in candidates if bare and other != value]
+
+
+def check_token_strings(model: HookedAutoModel, ids: Any, in_prompt: dict[str, Any], one_token: dict[str, Any]) -> None:
+    """Right after the model loads: a token string (by option) that is not a token of the
+    prompt (``in_prompt``), or not one token (``one_token``), where the same string with a
+    leading space (or without its spaces) would be, is refused with that hint; other mistakes
+    are left to the library's own errors."""
+    tokenizer = model.require_tokenizer()
+    row = set(ids[0].tolist())
+
+    def ids_of(text: str) -> list[int]:
+        return tokenizer.encode(text, add_special_tokens=False)
+
+    def valid(text: str, need_prompt: bool) -> bool:
+        found = ids_of(text)
+        return len(found) == 1 and (not need_prompt or found[0] in row)
+
+    for options, need_prompt in ((in_prompt, True), (one_token, False)):
+        for option, value in options.items():
+            if value is None or valid(value, need_prompt):
+                continue
+            for other, how in _respellings(value):
+                if valid(other, need_prompt):
+                    problem = "is not a token of the prompt" if need_prompt else f"is {len(ids_of(value))} tokens"
+                    raise UsageError(f"argument {option}: {value!r} {problem}; did you mean {other!r} ({how})?")
+
+
 def cmd_flow(args: argparse.Namespace) -> Any:
     model = load_model(args.model)
     tool = WriteReadAnalyzer(model)
     ids = model.to_tokens(args.prompt)
+    check_token_strings(
+        model, ids, {"--src": args.src, "--dst": args.dst}, {"--target": args.target, "--foil": args.foil}
+    )
     n_layers = None if args.layers == "all" else args.layers
     if n_layers is not None and n_layers > model.cfg.n_layers:
         raise UsageError(
@@ -255,6 +269,7 @@ def cmd_attribute(args: argparse.Namespace) -> Any:
     model = load_model(args.model)
     tool = WriteReadAnalyzer(model)
     ids = model.to_tokens(args.prompt)
+    check_token_strings(model, ids, {}, {"--token": args.token, "--foil": args.foil})
     pos = resolve_pos(args.pos, model.check_input_ids(ids).shape[1])  # before any forward pass
     token = args.token
     if token is None:  # the model's own top prediction at that position
@@ -266,51 +281,17 @@ def cmd_attribute(args: argparse.Namespace) -> Any:
 def cmd_report(args: argparse.Namespace) -> Any:
     from arrakis.report import Report
 
-    report = Report(load_model(args.model), prompt=args.prompt, src=args.src, dst=args.dst)
+    model = load_model(args.model)
+    if args.prompt is not None:
+        check_token_strings(model, model.to_tokens(args.prompt), {"--src": args.src, "--dst": args.dst}, {})
+    report = Report(model, prompt=args.prompt, src=args.src, dst=args.dst)
     report.flow_question()  # a token not in the prompt is refused before any analysis runs
     path = report.save(args.out)
     return {"report": str(path)}, f"report written to {path}"
 
 
 def cmd_summary(args: argparse.Namespace) -> Any:
-    unknown = [f for f in args.families if f not in supported_families()]
-    if unknown:
-        raise UsageError(f"unknown family {unknown[0]!r}; choose from {', '.join(supported_families())}")
     torch.manual_seed(0)
     models = {f: HookedAutoModel(HookedAutoConfig(f)) for f in args.families or supported_families()}
     data = {f: m.cfg.to_dict() for f, m in models.items()}
     return data, "\n\n".join(summarize(m) for m in models.values())
-
-
-def cmd_experiments(args: argparse.Namespace) -> Any:
-    from arrakis.bench.store import ExperimentStore
-
-    store = ExperimentStore(args.save_dir)
-    if not store.path.exists():
-        raise UsageError(f"no experiment store in {args.save_dir!r} (looked for {store.path})")
-    if args.action == "list":
-        names = store.experiments() if args.name is None else {args.name: len(store.list_versions(args.name))}
-        lines = [f"{name}: {count} runs" for name, count in names.items()]
-        if args.name is not None:
-            lines += [f"  {run.version[:12]}  {run.timestamp}" for run in store.runs(args.name)]
-        return {"experiments": names}, "\n".join(lines) or "no experiments"
-    if args.name is None:
-        raise UsageError(f"experiments {args.action} needs an experiment NAME")
-    if args.action == "show":
-        runs = store.runs(args.name) if args.version is None else [store.get_version(args.name, args.version)]
-        if not runs:
-            raise UsageError(f"no runs of experiment {args.name!r}")
-        run = runs[-1]
-        text = "\n".join(
-            [
-                f"{run.name} {run.version} ({run.timestamp})",
-                f"arguments: {json.dumps(run.args)}",
-                f"result: {json.dumps(run.result)[:2000]}",
-                f"hash verifies: {run.verify()}",
-            ]
-        )
-        return run.to_dict(), text
-    if args.out is None:
-        raise UsageError("experiments export needs --out FILE")
-    count = store.export(args.name, args.out)
-    return {"exported": count, "path": args.out}, f"{count} runs of {args.name!r} written to {args.out}"
