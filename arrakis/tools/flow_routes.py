@@ -54,7 +54,7 @@ def trace_routes(
         return tensor[0, src : dst + 1].float()  # [batch, pos, d_model]
 
     output, cache = model.run_with_cache(ids, names=names, transform=rows_only)
-    weights = model.head_weights()
+    value = float(metric.of_clean(output.logits[0, dst]).detach())  # a bad custom metric stops here
     n_rows, n_keys = dst - src + 1, dst + 1
     f_prev = torch.zeros(n_keys)
     f_prev[src] = 1.0
@@ -66,15 +66,19 @@ def trace_routes(
     for layer in layers:
         pattern = cache[f"blocks.{layer}.attn.hook_pattern"]  # [head, rows, keys]
         v = cache[f"blocks.{layer}.attn.hook_v"]  # [keys, head, d_head]
-        W_O, b_O = weights.W_O[layer].to(v.device).float(), weights.b_O[layer].to(v.device).float()
-        value_out = torch.einsum("khd,hdm->khm", v, W_O)  # [keys, head, d_head] x [head, d_head, D]
         residual = cache[f"blocks.{layer}.hook_resid_pre"]
         y = residual + cache[f"blocks.{layer}.hook_attn_out"]  # [rows, D]
-        parts_pattern, dst_scale = pattern, 1.0
-        if post_norm:  # the parts as they enter the residual: g * part / s_i, s_i frozen at its clean value
-            gain, scale = model.attn_post_norm(layer, cache[f"blocks.{layer}.ln1_post.hook_in"])
-            parts_pattern, dst_scale = pattern / scale[None, :, None], float(1 / scale[-1])
-            value_out, b_O = value_out * gain, gain * b_O / scale[:, None]  # b_O: one per row now
+        # the parts as they enter the residual (model.head_outputs): v_j W_O[h] for every key j
+        # and b_O; with a post-norm, g * part / s_i with each row's scale s_i frozen at its clean
+        # value: the values are taken at dst's scale, each row's pattern carries s_dst / s_i
+        into = cache[f"blocks.{layer}.ln1_post.hook_in"] if post_norm else None  # [rows, D]
+        at_dst = None if into is None else into[-1].expand(n_keys, -1)
+        value_out, b_O = model.head_outputs(layer, v, at_dst)  # [keys, head, D], [D] (post-norm: unused)
+        parts_pattern = pattern
+        if into is not None:
+            scale = model.attn_post_norm(layer, into)[1]  # [rows]
+            parts_pattern = pattern * (scale[-1] / scale)[None, :, None]
+            b_O = model.head_outputs(layer, v[src:], into)[1]  # one per row: [rows, D]
         f_new = torch.zeros(n_keys)
         layer_pointers = torch.zeros(n_rows, n_paths, 3, dtype=torch.long)
         new_beam = torch.zeros(n_rows, n_paths)
@@ -90,15 +94,11 @@ def trace_routes(
             edges += _edges(layer, positions, imp_res, imp_heads, f_keys, min_edge_flow)
             if rows.stop == n_rows:  # the chunk holding dst: record its detail
                 layer_flows.append(
-                    _layer_detail(
-                        layer, f_new[dst], imp_res, imp_heads, imp_bias, carried, pattern, dst_scale * value_out, src
-                    )
+                    _layer_detail(layer, f_new[dst], imp_res, imp_heads, imp_bias, carried, pattern, value_out, src)
                 )
         f_prev, beam = f_new, new_beam
         pointers.append(layer_pointers)
     paths = _backtrack(beam, pointers, layers, src)
-    metric.bind(output.logits[0, dst])
-    value = float(metric(output.logits[0, dst]))
     return build_flow(
         model,
         ids,
