@@ -100,7 +100,7 @@ class BaseInterpretabilityBench:
                 return fn(*args, **kwargs)
 
             # the parameters a tool fills, so that an outer log_experiment leaves them out
-            run._arrakis_tools = (*getattr(fn, "_arrakis_tools", ()), *names)
+            run.arrakis_tools = (*getattr(fn, "arrakis_tools", ()), *names)
             return run
 
         return decorate
@@ -132,7 +132,7 @@ class BaseInterpretabilityBench:
             signature: inspect.Signature | None = inspect.signature(fn)
         except (TypeError, ValueError):
             signature = None
-        tool_params = set(getattr(fn, "_arrakis_tools", ()))
+        tool_params = set(getattr(fn, "arrakis_tools", ()))
 
         @functools.wraps(fn)
         def run(*args: Any, **kwargs: Any) -> Any:

@@ -232,6 +232,8 @@ class ExperimentStore:
         Raises ``VersionNotFoundError`` or ``AmbiguousVersionError`` (both ``KeyError``) with
         what the store does hold, and ``ValueError`` for a prefix that is too short or not hex.
         """
+        if name not in self.experiments():  # the experiment first: a hash of no experiment is no question
+            raise VersionNotFoundError(self._not_found(name))
         if not isinstance(version, str) or not re.fullmatch(r"[0-9a-fA-F]+", version):
             raise ValueError(f"a version is a hex string (see list_versions({name!r})), got {version!r}")
         if len(version) < MIN_PREFIX:

@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from arrakis.models import HookedAutoModel
 from arrakis.models.path_patching import attention_kl, output_change, patched_reader, writer_outputs
+from arrakis.progress import progress as progress_bar
 
 Head = tuple[int, int]
 
@@ -42,7 +42,7 @@ def edge_effects(
     outputs = {layer: writer_outputs(model, cache, layer) for layer in writer_layers}  # [batch, pos, head, D]
     W_O = model.head_weights(folded=False).W_O
     effects = []
-    for (l1, h1), (l2, h2) in tqdm(pairs, desc="path patching", unit="edge", leave=False, disable=len(pairs) < 8):
+    for (l1, h1), (l2, h2) in progress_bar(pairs, "path patching", "edge", enabled=len(pairs) >= 8):
         out = outputs[l1][:, :, h1]  # [batch, pos, D]
         mean = (out * rows[..., None]).sum((0, 1)) / rows.sum()  # over the probe's real tokens
         new_resid = cache[f"blocks.{l2}.hook_resid_pre"].float() - out + mean
@@ -88,3 +88,15 @@ def verify_circuit(
     edge_effects_ = effects[: len(edges)]
     ratios = [effect / max(null_mean[(w[0], r[0])], 1e-12) for effect, (w, r) in zip(edge_effects_, edges, strict=True)]
     return [*zip(edge_effects_, ratios, strict=True)], record
+
+
+def verify_edges(
+    model: HookedAutoModel, ids: Tensor, mask: Tensor | None, edges: list, mode: str, *, n_null: int = 8
+) -> dict[str, Any]:
+    """``verify_circuit`` on a circuit's edges (``CircuitEdge``), filling in each one's
+    ``causal_effect`` and ``ratio_to_null``; returns the record."""
+    pairs = [(e.writer, e.reader) for e in edges]
+    results, record = verify_circuit(model, ids, mask, pairs, mode, n_null=n_null)
+    for edge, (effect, ratio) in zip(edges, results, strict=True):
+        edge.causal_effect, edge.ratio_to_null = effect, ratio
+    return record

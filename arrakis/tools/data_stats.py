@@ -10,17 +10,21 @@ never changes it. Activations are reduced as they are captured (per token and he
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import Tensor
-from tqdm import tqdm
 
 from arrakis.circuits import heads as head_math
-from arrakis.circuits.roles import DETECTORS, ROLES, role_hits
+from arrakis.circuits.roles import DETECTORS, ROLES, repeated_random_tokens, role_hits
 from arrakis.models import HookedAutoModel
+from arrakis.models.batching import iter_batches
+from arrakis.progress import progress as progress_bar
+from arrakis.tools.base import check_positive_int
 
+logger = logging.getLogger(__name__)
 Batch = tuple[Tensor, Tensor | None]  # (input_ids [batch, pos], attention_mask or None)
 
 
@@ -37,8 +41,40 @@ def fingerprint(batches: list[Batch], *extra: Any) -> str:
     return digest.hexdigest()
 
 
+def prompt_batches(
+    model: HookedAutoModel, data: Any, attention_mask: Any, batch_size: int | None, what: str = "input_ids"
+) -> list[Batch]:
+    """Checked batches of prompts (``iter_batches``); errors name the argument the prompts
+    came from (``what``: "input_ids", "probe")."""
+    if batch_size is not None:
+        batch_size = check_positive_int(batch_size, "batch_size")
+    if isinstance(data, str) and not data.strip():
+        raise ValueError(f"{what} is an empty string; pass token ids [batch, pos], a prompt or a list of them")
+    try:
+        return list(iter_batches(model, data, attention_mask, batch_size))
+    except (TypeError, ValueError) as error:
+        if what == "input_ids":
+            raise
+        message = str(error).replace("input_ids", what)
+        raise type(error)(message if what in message else f"{what}: {message}") from None
+
+
+def random_probe(
+    model: HookedAutoModel, seq_len: int = 32, n_repeats: int = 2, n_sequences: int = 4, seed: int = 0
+) -> tuple[Tensor, str]:
+    """The default probe: random tokens repeated, after a BOS where the tokenizer has one;
+    (ids [n_sequences, pos], a description)."""
+    seq_len, n_repeats = check_positive_int(seq_len, "seq_len"), check_positive_int(n_repeats, "n_repeats")
+    n_sequences = check_positive_int(n_sequences, "n_sequences")
+    if n_repeats < 2:
+        logger.warning("n_repeats=1: nothing repeats, so induction and duplicate scores will be ~0")
+    bos = getattr(model.tokenizer, "bos_token_id", None)
+    ids = repeated_random_tokens(model.cfg.d_vocab, seq_len, n_repeats, n_sequences, seed, bos)
+    return ids, f"repeated random tokens (seq_len={seq_len}, n_repeats={n_repeats}, seed={seed})"
+
+
 def _progress(batches: list[Batch], what: str) -> Iterable[Batch]:
-    return tqdm(batches, desc=what, unit="batch", leave=False, disable=len(batches) < 4)
+    return progress_bar(batches, what, "batch", enabled=len(batches) >= 4)
 
 
 def write_scores(model: HookedAutoModel, batches: list[Batch], direction: Tensor | None = None) -> Tensor:

@@ -13,8 +13,8 @@ from torch import Tensor
 
 from arrakis.models import HookedAutoModel
 from arrakis.models.batching import check_attention_mask, real_rows
-from arrakis.tools.base import check_index
-from arrakis.tools.results.flow import FlowEdge, FlowPath, InformationFlow, LayerFlow
+from arrakis.tools.base import check_choice, check_index, check_positive_int
+from arrakis.tools.results.flow import METHODS, FlowEdge, FlowPath, InformationFlow, LayerFlow
 
 
 def token_id(model: HookedAutoModel, token: Any, what: str) -> int:
@@ -34,6 +34,8 @@ def token_id(model: HookedAutoModel, token: Any, what: str) -> int:
 def pick_row(model: HookedAutoModel, input_ids: Any, attention_mask: Any, batch_index: int | None) -> tuple:
     """Checked (ids, mask or None, batch_index): one prompt of a batch, which must be named
     when the batch holds several."""
+    if input_ids is None:
+        raise TypeError("input_ids is required: token ids [batch, pos] (or [pos]), or a string with a tokenizer")
     ids = model.check_input_ids(input_ids)
     mask = check_attention_mask(attention_mask, ids)
     if batch_index is None:
@@ -130,6 +132,19 @@ def resolve_layers(n_layers: int | None, layers: Any, total: int) -> list[int]:
     return list(range(n_layers))
 
 
+def check_trace_options(
+    method: object, top_k: object, n_paths: object, min_edge_flow: object, verify: object
+) -> tuple[str, int, int]:
+    """The trace's options, checked before anything runs: (method, top_k, n_paths)."""
+    method = check_choice(method, METHODS, "method")
+    top_k, n_paths = check_positive_int(top_k, "top_k"), check_positive_int(n_paths, "n_paths")
+    if isinstance(min_edge_flow, bool) or not isinstance(min_edge_flow, int | float) or not 0 <= min_edge_flow <= 1:
+        raise ValueError(f"min_edge_flow must be a number in [0, 1], got {min_edge_flow!r}")
+    if not (isinstance(verify, bool) or verify == "all"):
+        raise ValueError(f"verify must be True, False or 'all', got {verify!r}")
+    return method, top_k, n_paths
+
+
 @dataclass
 class FlowMetric:
     """What dst's prediction is measured by: ``log p(target)`` (target: the clean top
@@ -166,9 +181,18 @@ class FlowMetric:
         return logits.float().log_softmax(-1)[self.target]
 
     def of_clean(self, logits: Tensor) -> Tensor:
-        """Bind on the clean logits, then measure them (the gradient pass calls this)."""
+        """Bind on the clean logits, then measure them (the gradient pass calls this, right
+        after the forward pass): a value that is not one finite number stops the trace here,
+        before any backward pass or knockout."""
         self.bind(logits.detach())
-        return self(logits)
+        value = self(logits)
+        if self.fn is not None:
+            if not isinstance(value, Tensor) or value.numel() != 1:
+                got = f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+                raise ValueError(f"metric must return a scalar tensor (one number) of the logits [d_vocab], got {got}")
+            if not torch.isfinite(value.detach()).all():
+                raise ValueError(f"metric returned {float(value.detach())} on the clean logits; it must be finite")
+        return value
 
     def rows(self, logits: Tensor) -> Tensor:
         """The metric of each row of [n, d_vocab] logits: [n] floats."""

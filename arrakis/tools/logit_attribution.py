@@ -10,6 +10,7 @@ as it enters the residual, g * z[h] W_O[h] / s with the post-norm's per-token sc
 
 from __future__ import annotations
 
+import numbers
 from typing import Any
 
 import torch
@@ -75,4 +76,7 @@ def logit_attribution(model: HookedAutoModel, ids: Tensor, token: int, pos: int,
 
 
 def resolve_pos(pos: Any, n_pos: int) -> int:
+    """A position of a prompt of ``n_pos`` tokens (negative: from the end), checked."""
+    if isinstance(pos, bool) or not isinstance(pos, numbers.Integral):
+        raise TypeError(f"pos must be an int (a position, -{n_pos} to {n_pos - 1}), got {type(pos).__name__} {pos!r}")
     return check_position(pos, n_pos, "pos")

@@ -22,11 +22,8 @@ from typing import Any
 
 from torch import Tensor
 
-from arrakis.circuits import heads as head_math
 from arrakis.circuits.composition import MODES, check_mode, composition_baseline, composition_scores
-from arrakis.circuits.roles import repeated_random_tokens
 from arrakis.models import HookedAutoModel
-from arrakis.models.batching import iter_batches
 from arrakis.tools import data_stats
 from arrakis.tools.base import (
     BaseInterpretabilityTool,
@@ -37,22 +34,16 @@ from arrakis.tools.base import (
     check_threshold,
 )
 from arrakis.tools.circuit_filter import check_filters, circuit_edges
-from arrakis.tools.circuit_verify import verify_circuit
+from arrakis.tools.circuit_verify import verify_edges
 from arrakis.tools.data_stats import fingerprint
-from arrakis.tools.flow_question import one_prompt, token_id
-from arrakis.tools.information_flow import (
-    METHODS,
-    InformationFlow,
-    resolve_layers,
-    resolve_metric,
-    resolve_positions,
-    trace,
-)
+from arrakis.tools.flow_question import check_trace_options, one_prompt, token_id
+from arrakis.tools.information_flow import InformationFlow, resolve_layers, resolve_metric, resolve_positions, trace
 from arrakis.tools.logit_attribution import logit_attribution, resolve_pos
 from arrakis.tools.read_heads import CHANNELS, qk_notes, read_scores
 from arrakis.tools.result_cache import ResultCache
 from arrakis.tools.results import Circuit, CompositionScores, HeadRoles, HeadSelection
 from arrakis.tools.results.attribution import LogitAttribution
+from arrakis.tools.write_heads import token_writers, weight_write_scores
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +73,7 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         direction: Tensor | None = None,
         batch_size: int | None = None,
         token: int | str | None = None,
-        pos: int = -1,
+        pos: int | None = None,
         foil: int | str | None = None,
     ) -> HeadSelection:
         """The heads of a layer that make up ``threshold`` of its writing (docs/mathematics.md#write-heads).
@@ -90,7 +81,8 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         With ``token`` (and ``input_ids``: one prompt): the heads that write that token's logit
         at ``pos`` by signed direct logit attribution (``logit_attribution``); shares are over
         the writers (positive heads), and the suppressors stand beside them in
-        ``extra["suppressors"]``, with every head's signed score in ``scores``.
+        ``extra["suppressors"]``, with every head's signed score in ``scores``. ``pos``
+        (default: the last position) and ``foil`` go with ``token`` only.
 
         Scores: ||OV[h]||_F from the folded weights; with ``input_ids`` (ids with an optional
         ``attention_mask``, or a dataset of prompts; see ``write_scores``), the mean size of
@@ -101,7 +93,11 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         """
         layer = check_layer(layer_idx, self.cfg.n_layers)
         threshold = check_threshold(threshold)
-        if token is not None:
+        if token is None:
+            for what, value in (("foil", foil), ("pos", pos)):
+                if value is not None:
+                    raise ValueError(f"{what}= goes with token= (the logit attributed at pos); pass token= too")
+        else:
             if input_ids is None:
                 raise ValueError("token= attributes a logit on a prompt: pass input_ids too")
             if direction is not None:
@@ -111,29 +107,15 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         if input_ids is None:
             if attention_mask is not None:
                 raise ValueError("attention_mask goes with input_ids; without them, scores come from the weights")
-            weights = self.model.head_weights(folded=True)
-            W_V, W_O = weights.W_V[layer].float(), weights.W_O[layer].float()  # stacks may be bfloat16
-            scores = head_math.ov_norms(W_V, W_O) if u is None else head_math.ov_along(W_V, W_O, u)
-            method = "weights"
+            scores, method = weight_write_scores(self.model, layer, u), "weights"
         else:
             scores = self.write_scores(input_ids, attention_mask, direction=u, batch_size=batch_size)[layer]
             method = "data"
         return HeadSelection.from_scores(layer, scores, threshold, method + ("-direction" if u is not None else ""))
 
     def _token_writers(self, layer, threshold, input_ids, attention_mask, token, pos, foil) -> HeadSelection:
-        attribution = self.logit_attribution(input_ids, token, pos, foil, attention_mask)
-        signed = attribution.heads[layer]
-        selection = HeadSelection.from_scores(layer, signed.clamp_min(0), threshold, "logit-attribution")
-        selection.scores = signed.tolist()  # signed: the suppressors keep their sign
-        selection.extra = {
-            **(selection.extra or {}),
-            "token": attribution.token,
-            "foil": attribution.foil,
-            "pos": attribution.pos,
-            "suppressors": [h for h in attribution.suppressors if h[0] == layer],
-        }
-        selection.notes.append("scores are signed direct logit attributions; shares are over the positive ones")
-        return selection
+        attribution = self.logit_attribution(input_ids, token, -1 if pos is None else pos, foil, attention_mask)
+        return token_writers(attribution, layer, threshold)
 
     def write_scores(
         self,
@@ -152,14 +134,9 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         serves all layers; the result is kept for the same prompts.
         """
         u = None if direction is None else check_direction(direction, self.cfg.d_model)
-        batches = self._batches(input_ids, attention_mask, batch_size)
+        batches = data_stats.prompt_batches(self.model, input_ids, attention_mask, batch_size)
         key = fingerprint(batches, None if u is None else u.tolist())
         return self._remembered("write", key, lambda: data_stats.write_scores(self.model, batches, u)).clone()
-
-    def _batches(self, input_ids: Any, attention_mask: Any, batch_size: int | None) -> list:
-        if batch_size is not None:
-            batch_size = check_positive_int(batch_size, "batch_size")
-        return list(iter_batches(self.model, input_ids, attention_mask, batch_size))
 
     def _remembered(self, kind: str, key: str, compute: Callable[[], Any]) -> Any:
         """A data-based result for the same prompts, computed once while the weights stay the same."""
@@ -290,13 +267,8 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
             self.model, input_ids, src_token, dst_token, src_pos, dst_pos, batch_index, attention_mask
         )
         chosen = resolve_layers(n_layers, layers, self.cfg.n_layers)
-        method = check_choice(method, METHODS, "method")
+        method, top_k, n_paths = check_trace_options(method, top_k, n_paths, min_edge_flow, verify)
         chosen_metric = resolve_metric(self.model, target, foil, metric)
-        top_k, n_paths = check_positive_int(top_k, "top_k"), check_positive_int(n_paths, "n_paths")
-        if isinstance(min_edge_flow, bool) or not isinstance(min_edge_flow, int | float) or not 0 <= min_edge_flow <= 1:
-            raise ValueError(f"min_edge_flow must be a number in [0, 1], got {min_edge_flow!r}")
-        if verify not in (True, False, "all"):
-            raise ValueError(f"verify must be True, False or 'all', got {verify!r}")
         return trace(
             self.model,
             ids,
@@ -335,25 +307,15 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         if input_ids is None:
             if attention_mask is not None:
                 raise ValueError("attention_mask goes with input_ids; the default probe has no padding")
-            seq_len, n_repeats = check_positive_int(seq_len, "seq_len"), check_positive_int(n_repeats, "n_repeats")
-            n_sequences = check_positive_int(n_sequences, "n_sequences")
-            if n_repeats < 2:
-                logger.warning("n_repeats=1: nothing repeats, so induction and duplicate scores will be ~0")
-            input_ids = self._random_probe(seq_len, n_repeats, n_sequences, seed)
-            source = f"repeated random tokens (seq_len={seq_len}, n_repeats={n_repeats}, seed={seed})"
+            input_ids, source = data_stats.random_probe(self.model, seq_len, n_repeats, n_sequences, seed)
         else:
             source = "input_ids"
-        batches = self._batches(input_ids, attention_mask, batch_size)
+        batches = data_stats.prompt_batches(self.model, input_ids, attention_mask, batch_size)
         computed = self._remembered("roles", fingerprint(batches), lambda: data_stats.role_scores(self.model, batches))
         scores = {role: value.clone() for role, value in computed.items()}
         n_tokens = max(ids.shape[1] for ids, _ in batches)
         n_sequences = sum(ids.shape[0] for ids, _ in batches)
         return HeadRoles(**scores, n_tokens=n_tokens, n_sequences=n_sequences, source=source)
-
-    def _random_probe(self, seq_len: int = 32, n_repeats: int = 2, n_sequences: int = 4, seed: int = 0) -> Tensor:
-        """Random tokens repeated, after a BOS where the tokenizer has one: the default probe."""
-        bos = getattr(self.model.tokenizer, "bos_token_id", None)
-        return repeated_random_tokens(self.cfg.d_vocab, seq_len, n_repeats, n_sequences, seed, bos)
 
     # -- circuits ----------------------------------------------------------------------------
 
@@ -389,11 +351,18 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         """
         mode = check_mode(mode)
         top_k = check_filters(writer_role, reader_role, role_threshold, min_ratio, top_k)
+        if not isinstance(verify, bool):
+            raise TypeError(f"verify must be True or False, got {type(verify).__name__} {verify!r}")
         runs = self.model.hf_model is not None  # weights-only models have no forward pass
+        batches = None
         if verify:
             n_null = check_positive_int(n_null, "n_null")
             if not runs:
                 self.model.require_forward()
+            if probe is not None:  # checked before anything runs (None: head_roles' default probe)
+                batches = data_stats.prompt_batches(self.model, probe, attention_mask, None, "probe")
+            elif attention_mask is not None:
+                raise ValueError("attention_mask goes with probe; the default probe has no padding")
         if roles is None and (writer_role or reader_role or runs):
             roles = self.head_roles()  # weights-only: only when a role filter asks for them (and fails clearly)
         comp = self.composition_scores(mode, folded=folded)
@@ -408,14 +377,10 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         )
         verification = None
         if verify and edges:
-            if probe is None:  # head_roles' default probe
-                probe = self._random_probe()
-            batches = self._batches(probe, attention_mask, None)
+            if batches is None:  # head_roles' default probe
+                batches = data_stats.prompt_batches(self.model, data_stats.random_probe(self.model)[0], None, None)
             ids, mask = batches[0]
-            pairs = [(e.writer, e.reader) for e in edges]
-            results, verification = verify_circuit(self.model, ids, mask, pairs, mode, n_null=n_null)
-            for edge, (effect, ratio) in zip(edges, results, strict=True):
-                edge.causal_effect, edge.ratio_to_null = effect, ratio
+            verification = verify_edges(self.model, ids, mask, edges, mode, n_null=n_null)
         return Circuit(
             edges,
             notes=notes,
