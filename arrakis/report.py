@@ -21,10 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from arrakis.circuits.roles import ROLES
 from arrakis.models import HookedAutoModel
+from arrakis.progress import progress as progress_bar
 from arrakis.tools import WriteReadAnalyzer
 from arrakis.tools.flow_question import induction_question, resolve_positions
 from arrakis.viz.html import information_flow_html, logit_attribution_html
@@ -89,7 +89,7 @@ class Report:
     def sections(self) -> list[Section]:
         if self._sections is None:
             steps = [self._model_card, self._write_heads, self._attribution, self._roles, self._composition, self._flow]
-            self._sections = [step() for step in tqdm(steps, desc="report", unit="section", leave=False)]
+            self._sections = [step() for step in progress_bar(steps, "report", "section")]
         return self._sections
 
     def _model_card(self) -> Section:

@@ -30,6 +30,8 @@ import math
 import torch
 from torch import Tensor
 
+from arrakis.progress import progress as progress_bar
+
 MODES = ("Q", "K", "V")
 
 
@@ -144,8 +146,6 @@ def composition_scores(
     Returns:
         {mode: [n_layers, n_heads, n_layers, n_heads]} float32, zero where l1 >= l2.
     """
-    from tqdm import tqdm
-
     modes = tuple(check_mode(m) for m in ((modes,) if isinstance(modes, str) else modes))
     n_layers, n_heads, d_model, _ = W_Q.shape
     flat = [w.reshape(n_layers * n_heads, *w.shape[2:]) for w in (W_Q, W_K, W_V, W_O)]
@@ -161,7 +161,7 @@ def composition_scores(
     bands = range(0, d_model, band)
     scratch = _Scratch(device)
     d_head = W_Q.shape[-1]
-    for r0 in tqdm(bands, desc="composition", unit="band", disable=not progress, leave=False):
+    for r0 in progress_bar(bands, "composition", "band", enabled=progress):
         r1 = min(r0 + band, d_model)
         shape = (n, r1 - r0, d_model - r0)
         cast = scratch.take("cast", (min(head_chunk, n), d_model - r0, d_head))

@@ -10,6 +10,7 @@ import inspect
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from huggingface_hub.errors import StrictDataclassError
 from transformers import AutoConfig, PretrainedConfig
 
 from arrakis.models.adapters import ADAPTERS, FamilyAdapter, adapter_for
@@ -121,7 +122,13 @@ class HookedAutoConfig:
         if self.adapter.derive is not None:
             kwargs = self.adapter.derive(kwargs)
         kwargs = self._drop_special_ids_outside_vocab(kwargs)
-        self.hf_config: PretrainedConfig = AutoConfig.for_model(self.adapter.model_type, **kwargs)
+        self._check_heads(kwargs, d_head_given="d_head" in hf_kwargs or self.adapter.fields["d_head"] in hf_kwargs)
+        try:
+            self.hf_config: PretrainedConfig = AutoConfig.for_model(self.adapter.model_type, **kwargs)
+        except StrictDataclassError as err:  # huggingface_hub's validators: one line, in arrakis's terms
+            self._check_heads(kwargs, d_head_given=False)  # this family wants d_model / n_heads whole anyway
+            cause = str(err).splitlines()[-1].strip()
+            raise ValueError(f"the {self.family} config refuses these fields: {cause}") from None
         # Patterns are only materialised by the eager attention implementation.
         self.hf_config._attn_implementation = "eager"
 
@@ -158,6 +165,26 @@ class HookedAutoConfig:
         close = difflib.get_close_matches(key, sorted(known | set(SHAPE_FIELDS)), n=3)
         return f"; did you mean {', '.join(close)}?" if close else ""
 
+    def _check_heads(self, kwargs: dict[str, Any], d_head_given: bool) -> None:
+        """Heads must split the residual stream: d_model a multiple of n_heads (unless d_head is
+        given and the family keeps it apart), n_heads a multiple of n_kv_heads."""
+        fields = self.adapter.fields
+
+        def value(name: str) -> Any:
+            return kwargs.get(fields[name]) if fields.get(name) else None
+
+        d_model, n_heads, n_kv_heads = value("d_model"), value("n_heads"), value("n_kv_heads")
+        if isinstance(d_model, int) and isinstance(n_heads, int) and d_model % n_heads and not d_head_given:
+            raise ValueError(
+                f"d_model {d_model} is not divisible by n_heads {n_heads}: n_heads must be one of "
+                f"{divisors(d_model)} (or pass a d_model that is a multiple of {n_heads})"
+            )
+        if isinstance(n_heads, int) and isinstance(n_kv_heads, int) and n_heads % n_kv_heads:
+            raise ValueError(
+                f"n_heads {n_heads} is not a multiple of n_kv_heads {n_kv_heads}: n_kv_heads must be one of "
+                f"{divisors(n_heads)}"
+            )
+
     def _drop_special_ids_outside_vocab(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         # A family's default bos/eos/pad ids (Phi-3's pad is 32000) would not fit a smaller
         # vocabulary asked for here; an id the user did not choose is dropped, not kept invalid.
@@ -183,6 +210,11 @@ class HookedAutoConfig:
     def __repr__(self) -> str:
         shape = {k: getattr(self.hf_config, v) for k, v in self.adapter.fields.items() if v}
         return f"HookedAutoConfig({self.family!r}, {', '.join(f'{k}={v}' for k, v in shape.items())})"
+
+
+def divisors(n: int) -> str:
+    """``"1, 2, 4, 8"``: the divisors of ``n``, as an error message lists the valid choices."""
+    return ", ".join(str(d) for d in range(1, n + 1) if n % d == 0)
 
 
 def supported_families() -> list[str]:

@@ -34,12 +34,12 @@ from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 from transformers import DynamicCache
 
 from arrakis.models.adapters.base import FamilyAdapter, module_at
 from arrakis.models.batching import check_position
 from arrakis.models.config import ModelShape
+from arrakis.progress import progress as progress_bar
 
 Edge = tuple[int | None, int, int]  # (head or None for every head, query_pos, key_pos)
 Knockout = Mapping[int, Sequence[Edge]]  # layer -> edges blocked in that layer
@@ -259,7 +259,7 @@ def knockout_logits(
             prefix_cache = DynamicCache()
             model.hf_model(input_ids=input_ids[:, :first], use_cache=True, **{cache_arg: prefix_cache})
         starts = range(0, len(plans), batch)
-        for start in tqdm(starts, desc="knockouts", unit="batch", leave=False, disable=not progress or len(starts) < 4):
+        for start in progress_bar(starts, "knockouts", "batch", enabled=progress and len(starts) >= 4):
             chunk = plans[start : start + batch]
             ids = input_ids[:, first : position + 1].expand(len(chunk), -1)
             cache = None
@@ -306,7 +306,7 @@ def _knockout_copies(
         prefix_cache, cache_arg = DynamicCache(), _cache_argument(model.hf_model)  # every key, also when sliding
         model.hf_model(input_ids=input_ids[:, :position], use_cache=True, **{cache_arg: prefix_cache})
         starts = range(0, len(plans), batch)
-        for start in tqdm(starts, desc="knockouts", unit="batch", leave=False, disable=not progress or len(starts) < 4):
+        for start in progress_bar(starts, "knockouts", "batch", enabled=progress and len(starts) >= 4):
             chunk = plans[start : start + batch]
             ids = input_ids[:, position : position + 1].expand(1, len(chunk))
             with ExitStack() as stack:
