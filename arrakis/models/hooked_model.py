@@ -25,10 +25,10 @@ import torch
 from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
-from arrakis.models import interventions, loading, readout
+from arrakis.models import interventions, loading, readout, tokens
 from arrakis.models.adapters import adapter_for
 from arrakis.models.adapters.base import module_at
-from arrakis.models.batching import PADDING_SIDES, Tokens, check_attention_mask, pad, position_ids
+from arrakis.models.batching import Tokens, check_attention_mask, position_ids
 from arrakis.models.cache import ActivationCache
 from arrakis.models.config import HookedAutoConfig, ModelShape, model_shape
 from arrakis.models.hook_capture import capture_plan, capturing_hooks
@@ -153,43 +153,21 @@ class HookedAutoModel(nn.Module):
         attention_mask)`` (a pair, both [batch, pos]), padded on ``padding_side`` ("right" or
         "left") with the tokenizer's pad token (else its EOS, else 0)."""
         tokenizer = self.require_tokenizer()
-        if padding_side not in PADDING_SIDES:
-            raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
-        texts = [text] if isinstance(text, str) else list(text)
-        if not texts or not all(isinstance(t, str) for t in texts):
-            raise TypeError("to_tokens takes a string or a non-empty list of strings")
-        rows = [tokenizer.encode(t, add_special_tokens=False) for t in texts]
-        if prepend_bos:
-            if tokenizer.bos_token_id is None:
-                raise ValueError("prepend_bos=True, but this tokenizer has no BOS token")
-            rows = [[tokenizer.bos_token_id, *r] for r in rows]
-        if any(not r for r in rows):
-            raise ValueError(f"prompt {texts[[len(r) for r in rows].index(0)]!r} has no tokens")
-        if isinstance(text, str):
-            return torch.tensor(rows, dtype=torch.long, device=self.device)
-        return pad(rows, self.pad_token_id, padding_side, self.device)
+        return tokens.encode(tokenizer, text, prepend_bos, padding_side, self.pad_token_id, self.device)
 
     @property
     def pad_token_id(self) -> int:
         """The id padding uses: the tokenizer's pad token, else its EOS, else 0. Its value never
         matters: padded positions are masked out."""
-        for name in ("pad_token_id", "eos_token_id"):
-            token = getattr(self.tokenizer, name, None)
-            if isinstance(token, int):
-                return token
-        return 0
+        pad_id = tokens.pad_id_of(self.tokenizer)
+        return 0 if pad_id is None else pad_id
 
-    def to_str_tokens(self, tokens: Tensor | Sequence[int] | str) -> list[str]:
+    def to_str_tokens(self, ids: Tensor | Sequence[int] | str) -> list[str]:
         """Each token as its string: ``model.to_str_tokens(model.to_tokens("Hi there"))``."""
         tokenizer = self.require_tokenizer()
-        if isinstance(tokens, str):
-            tokens = self.to_tokens(tokens)
-        ids = torch.as_tensor(tokens).flatten() if not isinstance(tokens, Tensor) else tokens
-        if ids.dim() > 1:
-            if ids.shape[0] != 1:
-                raise ValueError(f"to_str_tokens takes one sequence, got a batch of {ids.shape[0]}")
-            ids = ids[0]
-        return [tokenizer.decode([i]) for i in ids.tolist()]
+        if isinstance(ids, str):
+            ids = self.to_tokens(ids)
+        return tokens.decode_each(tokenizer, ids, self.cfg.d_vocab)
 
     @property
     def device(self) -> torch.device:
@@ -325,37 +303,13 @@ class HookedAutoModel(nn.Module):
         input_ids = self.check_input_ids(input_ids)
         mask = check_attention_mask(attention_mask, input_ids)
         if mask is None:
+            tokens.check_unmasked_padding(input_ids, tokens.pad_id_of(self.tokenizer))
             return {"input_ids": input_ids}
         return {"input_ids": input_ids, "attention_mask": mask, "position_ids": position_ids(mask)}
 
     def check_input_ids(self, input_ids: Tensor | Sequence) -> Tensor:
         """Token ids as a LongTensor [batch, pos] on the model's device, or a clear error."""
-        if not isinstance(input_ids, Tensor):
-            if isinstance(input_ids, Sequence) and len(input_ids) == 0:
-                raise ValueError("input_ids is empty; pass at least one token id ([batch, pos] with pos >= 1)")
-            try:
-                input_ids = torch.as_tensor(input_ids)
-            except (TypeError, ValueError) as err:
-                raise TypeError(f"input_ids must be a tensor of token ids, got {type(input_ids).__name__}") from err
-        if input_ids.dtype == torch.bool or input_ids.dtype.is_floating_point or input_ids.dtype.is_complex:
-            raise TypeError(f"input_ids must hold integer token ids, got dtype {input_ids.dtype}")
-        if input_ids.dim() == 1:
-            input_ids = input_ids.unsqueeze(0)
-        if input_ids.dim() != 2 or input_ids.shape[1] == 0 or input_ids.shape[0] == 0:
-            raise ValueError(f"input_ids must have shape [batch, pos] with pos >= 1, got {tuple(input_ids.shape)}")
-        lo, hi = int(input_ids.min()), int(input_ids.max())
-        if lo < 0 or hi >= self.cfg.d_vocab:
-            bad = lo if lo < 0 else hi
-            where = tuple(int(i) for i in (input_ids == bad).nonzero()[0])
-            raise ValueError(
-                f"token id {bad} at {list(where)} is out of range: this model's vocabulary has "
-                f"{self.cfg.d_vocab} tokens (0-{self.cfg.d_vocab - 1})"
-            )
-        if self.cfg.n_ctx is not None and input_ids.shape[1] > self.cfg.n_ctx:
-            raise ValueError(
-                f"a prompt of {input_ids.shape[1]} tokens is longer than this model's context of {self.cfg.n_ctx}"
-            )
-        return input_ids.to(device=self.device, dtype=torch.long)
+        return tokens.check_input_ids(input_ids, self.cfg.d_vocab, self.cfg.n_ctx).to(self.device)
 
     # -- interventions ---------------------------------------------------------------------
 
