@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from arrakis import HookedAutoConfig, HookedAutoModel
+from arrakis.models.adapters import ADAPTERS, FamilyAdapter
 
 # A few layers, several heads, a small vocabulary: each builds and runs in milliseconds.
 TINY = {"n_layers": 2, "d_model": 64, "n_heads": 4, "d_vocab": 512}
@@ -66,6 +67,27 @@ VARIANTS: dict[str, tuple[str, dict]] = {
     "olmo2": ("olmo2", LLAMA_LIKE_TINY),
     "olmo2-mqa-bias": ("olmo2", {**LLAMA_LIKE_TINY, "n_kv_heads": 1, "attention_bias": True}),
 }
+
+
+def default_overrides(adapter: FamilyAdapter) -> dict:
+    """Tiny overrides for a family no variant above names: a new adapter file is tested from
+    the registry alone (grouped-query attention and an explicit d_head where its config has them)."""
+    overrides = {**TINY, "d_mlp": 128}
+    if adapter.fields.get("n_kv_heads"):
+        overrides.update(GQA)
+    if adapter.fields.get("d_head"):
+        overrides["d_head"] = 16
+    return overrides
+
+
+# every registered family has at least one variant
+VARIANTS.update(
+    {
+        family: (family, default_overrides(a))
+        for family, a in ADAPTERS.items()
+        if family not in {f for f, _ in VARIANTS.values()}
+    }
+)
 
 
 def randomize_(model: HookedAutoModel, seed: int = 0, scale: float = 0.1) -> HookedAutoModel:

@@ -59,3 +59,38 @@ def test_an_unsupported_architecture_is_refused_by_name():
     )
     with pytest.raises(ValueError, match="unsupported model family 'bert'"):
         HookedAutoModel.from_hf(bert)
+
+
+def test_the_registry_finds_a_family_from_its_file_alone(tmp_path, monkeypatch):
+    """A new module defining ADAPTER in the adapters package is registered with no list to
+    edit, in the place its ``order`` gives; a module without one (a helper) is skipped."""
+    import sys
+
+    import arrakis.models.adapters as adapters
+
+    (tmp_path / "toy_family.py").write_text(
+        "from dataclasses import replace\n"
+        "from arrakis.models.adapters import llama\n"
+        "ADAPTER = replace(llama.ADAPTER, family='toy', model_type='toy', aliases=(), order=0)\n"
+    )
+    (tmp_path / "toy_helpers.py").write_text("SHARED = 1\n")
+    monkeypatch.setattr(adapters, "__path__", [*adapters.__path__, str(tmp_path)])
+    try:
+        found = adapters.discover()
+    finally:
+        sys.modules.pop("arrakis.models.adapters.toy_family", None)
+        sys.modules.pop("arrakis.models.adapters.toy_helpers", None)
+    assert list(found) == ["toy", *ADAPTERS]  # first by its order; the others keep theirs
+    assert found["toy"].model_type == "toy"
+
+
+def test_the_original_nine_families_come_first_in_the_registry():
+    original = ["gpt2", "gpt-neo", "gpt-neox", "llama", "gemma", "phi3", "qwen2", "mistral", "stable-lm"]
+    assert list(ADAPTERS)[:9] == original
+    assert [a.order for a in ADAPTERS.values()] == sorted(a.order for a in ADAPTERS.values())
+
+
+def test_every_registered_family_has_a_tiny_test_variant():
+    from tests.conftest import VARIANTS
+
+    assert set(ADAPTERS) <= {family for family, _ in VARIANTS.values()}

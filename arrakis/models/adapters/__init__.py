@@ -1,33 +1,37 @@
 """The registry of model families, keyed by Hugging Face ``model_type`` and by name.
 
-Adding a family is one small file declaring a :class:`FamilyAdapter` and one line here.
+Every module of this package that defines ``ADAPTER`` (a :class:`FamilyAdapter`) is found
+and registered on import, so adding a family is one small file (docs/architecture.md).
+Families are listed by their adapter's ``order``, then by name.
 """
 
 from __future__ import annotations
 
-from arrakis.models.adapters import (
-    gemma,
-    gemma2,
-    gemma3,
-    gpt2,
-    gpt_neo,
-    gpt_neox,
-    llama,
-    mistral,
-    olmo2,
-    phi3,
-    qwen2,
-    qwen3,
-    stablelm,
-)
+import importlib
+import pkgutil
+
 from arrakis.models.adapters.base import FamilyAdapter, qkv_index
 
 __all__ = ["ADAPTERS", "FamilyAdapter", "UnsupportedArchitectureError", "adapter_for", "qkv_index"]
 
-ADAPTERS: dict[str, FamilyAdapter] = {
-    m.ADAPTER.family: m.ADAPTER
-    for m in (gpt2, gpt_neo, gpt_neox, llama, gemma, phi3, qwen2, mistral, stablelm, gemma2, gemma3, qwen3, olmo2)
-}
+
+def discover() -> dict[str, FamilyAdapter]:
+    """Every ``ADAPTER`` defined by a module of this package, by family name, in registry order."""
+    found = []
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.startswith("_") or info.name == "base":
+            continue
+        adapter = getattr(importlib.import_module(f"{__name__}.{info.name}"), "ADAPTER", None)
+        if isinstance(adapter, FamilyAdapter):
+            found.append(adapter)
+    found.sort(key=lambda a: (a.order, a.family))
+    families = [a.family for a in found]
+    if len(set(families)) != len(families):
+        raise RuntimeError(f"two adapters declare the same family: {sorted(families)}")
+    return {a.family: a for a in found}
+
+
+ADAPTERS: dict[str, FamilyAdapter] = discover()
 _BY_NAME: dict[str, FamilyAdapter] = {name: a for a in ADAPTERS.values() for name in a.names}
 
 

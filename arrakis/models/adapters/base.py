@@ -84,6 +84,8 @@ class FamilyAdapter:
     masks_by_position: bool = False
     # fills config fields that depend on others (e.g. GPT-Neo's per-layer attention types)
     derive: Callable[[dict[str, Any]], dict[str, Any]] | None = field(default=None, compare=False)
+    # where the family is listed among the supported ones (ties: by family name)
+    order: int = field(default=1000, compare=False)
 
     @property
     def names(self) -> tuple[str, ...]:

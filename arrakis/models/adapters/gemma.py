@@ -8,6 +8,7 @@ from arrakis.models.adapters._common import LLAMA_FIELDS, LLAMA_PATHS, SMALL_WIT
 from arrakis.models.adapters.base import FamilyAdapter
 
 ADAPTER = FamilyAdapter(
+    order=5,  # registry place: the original nine families first, then the later ones
     family="gemma",
     model_type="gemma",
     **LLAMA_PATHS,

@@ -11,6 +11,7 @@ from arrakis.models.adapters._common import LLAMA_FIELDS, LLAMA_PATHS, SMALL_WIT
 from arrakis.models.adapters.base import FamilyAdapter
 
 ADAPTER = FamilyAdapter(
+    order=10,  # registry place: the original nine families first, then the later ones
     family="gemma2",
     model_type="gemma2",
     aliases=("gemma-2",),

@@ -10,6 +10,7 @@ from arrakis.models.adapters import gemma2
 
 ADAPTER = replace(
     gemma2.ADAPTER,
+    order=11,  # registry place: the original nine families first, then the later ones
     family="gemma3",
     model_type="gemma3_text",
     aliases=("gemma-3",),

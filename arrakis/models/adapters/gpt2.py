@@ -6,6 +6,7 @@ Conv1D stores its weight as [in, out] (the transpose of nn.Linear), so x @ W + b
 from arrakis.models.adapters.base import FamilyAdapter
 
 ADAPTER = FamilyAdapter(
+    order=1,  # registry place: the original nine families first, then the later ones
     family="gpt2",
     model_type="gpt2",
     layers="transformer.h",

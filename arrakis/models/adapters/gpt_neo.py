@@ -17,6 +17,7 @@ def _attention_types(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 ADAPTER = FamilyAdapter(
+    order=2,  # registry place: the original nine families first, then the later ones
     family="gpt-neo",
     model_type="gpt_neo",
     aliases=("gptneo",),

@@ -5,6 +5,7 @@
 from arrakis.models.adapters.base import FamilyAdapter
 
 ADAPTER = FamilyAdapter(
+    order=3,  # registry place: the original nine families first, then the later ones
     family="gpt-neox",
     model_type="gpt_neox",
     aliases=("gptneox", "pythia"),

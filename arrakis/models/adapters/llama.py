@@ -8,6 +8,7 @@ from arrakis.models.adapters._common import LLAMA_FIELDS, LLAMA_PATHS, SMALL_WIT
 from arrakis.models.adapters.base import FamilyAdapter
 
 ADAPTER = FamilyAdapter(
+    order=4,  # registry place: the original nine families first, then the later ones
     family="llama",
     model_type="llama",
     **LLAMA_PATHS,

@@ -4,6 +4,7 @@ from arrakis.models.adapters._common import LLAMA_FIELDS, LLAMA_PATHS, SMALL_WIT
 from arrakis.models.adapters.base import FamilyAdapter
 
 ADAPTER = FamilyAdapter(
+    order=8,  # registry place: the original nine families first, then the later ones
     family="mistral",
     model_type="mistral",
     **LLAMA_PATHS,

@@ -4,6 +4,7 @@ from arrakis.models.adapters._common import DERIVED_HEAD_DIM_FIELDS, LLAMA_PATHS
 from arrakis.models.adapters.base import FamilyAdapter
 
 ADAPTER = FamilyAdapter(
+    order=6,  # registry place: the original nine families first, then the later ones
     family="phi3",
     model_type="phi3",
     **{**LLAMA_PATHS, "q": "self_attn.qkv_proj", "k": "self_attn.qkv_proj", "v": "self_attn.qkv_proj"},

@@ -4,6 +4,7 @@ from arrakis.models.adapters._common import DERIVED_HEAD_DIM_FIELDS, LLAMA_PATHS
 from arrakis.models.adapters.base import FamilyAdapter
 
 ADAPTER = FamilyAdapter(
+    order=7,  # registry place: the original nine families first, then the later ones
     family="qwen2",
     model_type="qwen2",
     **LLAMA_PATHS,

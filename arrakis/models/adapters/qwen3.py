@@ -6,6 +6,7 @@ from arrakis.models.adapters._common import LLAMA_FIELDS, LLAMA_PATHS, SMALL_WIT
 from arrakis.models.adapters.base import FamilyAdapter
 
 ADAPTER = FamilyAdapter(
+    order=12,  # registry place: the original nine families first, then the later ones
     family="qwen3",
     model_type="qwen3",
     **LLAMA_PATHS,

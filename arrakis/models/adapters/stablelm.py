@@ -9,6 +9,7 @@ from arrakis.models.adapters._common import DERIVED_HEAD_DIM_FIELDS, LLAMA_PATHS
 from arrakis.models.adapters.base import FamilyAdapter
 
 ADAPTER = FamilyAdapter(
+    order=9,  # registry place: the original nine families first, then the later ones
     family="stable-lm",
     model_type="stablelm",
     aliases=("stablelm", "stable_lm"),
