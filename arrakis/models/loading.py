@@ -13,6 +13,7 @@ duration of a load unless ``progress=True``.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -58,6 +59,7 @@ def transformers_output(progress: bool) -> Iterator[None]:
         yield
         return
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars
+    from transformers import modeling_gguf_pytorch_utils as gguf_reader
     from transformers.utils import logging as hf_logging
 
     bars, hub_bars_off, verbosity = (
@@ -65,11 +67,14 @@ def transformers_output(progress: bool) -> Iterator[None]:
         are_progress_bars_disabled(),
         hf_logging.get_verbosity(),
     )
+    gguf_bar = gguf_reader.tqdm  # the GGUF reader's bar is plain tqdm, deaf to the switch above
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    gguf_reader.tqdm = functools.partial(gguf_bar, disable=True)
     try:
         yield
     finally:
+        gguf_reader.tqdm = gguf_bar
         hf_logging.set_verbosity(verbosity)
         if bars:
             hf_logging.enable_progress_bar()  # also turns huggingface_hub's on

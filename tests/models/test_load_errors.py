@@ -128,3 +128,14 @@ def test_a_quiet_load_restores_the_bars_and_the_log_level_even_when_it_fails(fol
     finally:
         if before[0]:
             hf_logging.enable_progress_bar()
+
+
+def test_the_gguf_readers_own_bar_is_silenced_too(capfd):
+    """transformers reads GGUF files behind a plain tqdm bar that its progress switch does not reach."""
+    from transformers import modeling_gguf_pytorch_utils as gguf_reader
+
+    original = gguf_reader.tqdm
+    with loading.transformers_output(progress=False):
+        list(gguf_reader.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."))
+    assert capfd.readouterr().err == ""
+    assert gguf_reader.tqdm is original
