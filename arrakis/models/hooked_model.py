@@ -120,6 +120,16 @@ class HookedAutoModel(nn.Module):
         in ``dtype`` (bfloat16 halves the memory of a large model); forward passes do not.
         ``progress=True`` shows transformers' loading bars, which are silenced otherwise."""
         path, dtype, device = check_path(path), check_dtype(dtype), check_device(device)
+        if weights_only and (device is not None or device_map is not None):
+            raise ValueError(
+                "device and device_map do not apply with weights_only=True: no model is built, and the stacked "
+                "weights stay on the CPU; pass neither, or load without weights_only"
+            )
+        if path.suffix == ".gguf" and (weights_only or device_map is not None):
+            raise ValueError(
+                f"{'weights_only=True' if weights_only else 'device_map'} does not apply to a .gguf file, which is "
+                "dequantised whole; pass a safetensors folder, or load the GGUF file without it"
+            )
         if path.suffix == ".gguf":
             return cls.from_gguf(path, dtype=dtype, device=device, progress=progress)
         if weights_only:

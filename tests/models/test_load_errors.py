@@ -139,3 +139,16 @@ def test_the_gguf_readers_own_bar_is_silenced_too(capfd):
         list(gguf_reader.tqdm(range(3), desc="Converting and de-quantizing GGUF tensors..."))
     assert capfd.readouterr().err == ""
     assert gguf_reader.tqdm is original
+
+
+def test_options_that_a_weights_only_or_gguf_load_would_ignore_are_refused(folder, tmp_path, no_weights_read):
+    with pytest.raises(ValueError, match="device and device_map do not apply with weights_only=True"):
+        HookedAutoModel.from_pretrained(folder, weights_only=True, device="cpu")
+    with pytest.raises(ValueError, match="device and device_map do not apply with weights_only=True"):
+        HookedAutoModel.from_pretrained(folder, weights_only=True, device_map="auto")
+    gguf = tmp_path / "model.gguf"
+    gguf.write_bytes(b"GGUF")
+    with pytest.raises(ValueError, match=r"weights_only=True does not apply to a \.gguf file"):
+        HookedAutoModel.from_pretrained(gguf, weights_only=True)
+    with pytest.raises(ValueError, match=r"device_map does not apply to a \.gguf file"):
+        HookedAutoModel.from_pretrained(gguf, device_map="auto")
