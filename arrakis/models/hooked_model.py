@@ -33,7 +33,7 @@ from arrakis.models.config import HookedAutoConfig, ModelShape, model_shape
 from arrakis.models.hook_capture import capture_plan, capturing_hooks
 from arrakis.models.hook_points import NamesFilter, hook_names, select
 from arrakis.models.interventions import Knockout
-from arrakis.models.load_errors import check_device, check_dtype, check_path
+from arrakis.models.load_errors import check_device, check_dtype, check_load_options
 from arrakis.models.packaged import model_file
 from arrakis.models.streaming import Checkpoint
 from arrakis.models.weights import HeadWeights, extract_head_weights, kv_groups
@@ -59,10 +59,9 @@ class HookedAutoModel(nn.Module):
         weights_dtype: torch.dtype = torch.float32,
         tokenizer: Any = None,
     ):
-        """``config`` alone builds a random model; ``hf_model=`` wraps a loaded one (a multimodal
-        Gemma 3 is unwrapped to its text model); ``checkpoint=`` (a ``streaming.Checkpoint``) makes
-        a weights-only model without a forward pass, whose stacked weights are kept in
-        ``weights_dtype``."""
+        """``config`` alone builds a random model; ``hf_model=`` wraps a loaded one (a multimodal Gemma 3
+        unwrapped to its text model); ``checkpoint=`` (a ``streaming.Checkpoint``) makes a weights-only
+        model, without a forward pass, whose stacked weights are kept in ``weights_dtype``."""
         super().__init__()
         if checkpoint is not None:
             self.hf_model: PreTrainedModel | None = None
@@ -119,17 +118,7 @@ class HookedAutoModel(nn.Module):
         only the attention and norm tensors one layer at a time, with the stacked weights kept
         in ``dtype`` (bfloat16 halves the memory of a large model); forward passes do not.
         ``progress=True`` shows transformers' loading bars, which are silenced otherwise."""
-        path, dtype, device = check_path(path), check_dtype(dtype), check_device(device)
-        if weights_only and (device is not None or device_map is not None):
-            raise ValueError(
-                "device and device_map do not apply with weights_only=True: no model is built, and the stacked "
-                "weights stay on the CPU; pass neither, or load without weights_only"
-            )
-        if path.suffix == ".gguf" and (weights_only or device_map is not None):
-            raise ValueError(
-                f"{'weights_only=True' if weights_only else 'device_map'} does not apply to a .gguf file, which is "
-                "dequantised whole; pass a safetensors folder, or load the GGUF file without it"
-            )
+        path, dtype, device = check_load_options(path, dtype, device, device_map, weights_only)
         if path.suffix == ".gguf":
             return cls.from_gguf(path, dtype=dtype, device=device, progress=progress)
         if weights_only:

@@ -177,3 +177,23 @@ def check_path(path: Any, argument: str = "path") -> Path:
             f"file), got {type(path).__name__}"
         )
     return Path(path).expanduser()
+
+
+def check_load_options(
+    path: Any, dtype: Any, device: Any, device_map: Any = None, weights_only: bool = False
+) -> tuple[Path, Any, Any]:
+    """``from_pretrained``'s arguments checked together: the path's kind, the dtype and the device,
+    and no option that the load would ignore (a device for a weights-only model, which builds
+    none; weights_only or a device_map for a GGUF file, which is dequantised whole)."""
+    path, dtype, device = check_path(path), check_dtype(dtype), check_device(device)
+    if weights_only and (device is not None or device_map is not None):
+        raise ValueError(
+            "device and device_map do not apply with weights_only=True: no model is built, and the stacked "
+            "weights stay on the CPU; pass neither, or load without weights_only"
+        )
+    if path.suffix == ".gguf" and (weights_only or device_map is not None):
+        raise ValueError(
+            f"{'weights_only=True' if weights_only else 'device_map'} does not apply to a .gguf file, which is "
+            "dequantised whole; pass a safetensors folder, or load the GGUF file without it"
+        )
+    return path, dtype, device
