@@ -188,7 +188,7 @@ class FlowMetric:
         value = self(logits)
         if self.fn is not None:
             if not isinstance(value, Tensor) or value.numel() != 1:
-                got = f"shape {tuple(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
+                got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
                 raise ValueError(f"metric must return a scalar tensor (one number) of the logits [d_vocab], got {got}")
             if not torch.isfinite(value.detach()).all():
                 raise ValueError(f"metric returned {float(value.detach())} on the clean logits; it must be finite")

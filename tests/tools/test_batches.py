@@ -62,7 +62,7 @@ def test_repeated_pad_tokens_give_no_duplicate_or_induction_score():
     ids, mask = padded(rows, "right", 0, 512)
     ids = torch.where(mask.bool(), ids, torch.full_like(ids, 7))  # the same pad id everywhere
     roles = tool.head_roles(ids, attention_mask=mask)
-    assert roles.scores("duplicate_token").abs().max() == 0 and roles.scores("induction").abs().max() == 0
+    assert roles.scores("duplicate_token").abs().max() < 1e-6 and roles.scores("induction").abs().max() < 1e-6
 
 
 @pytest.mark.parametrize("side", ["right", "left"])

@@ -125,7 +125,7 @@ def test_a_head_built_to_copy_src_to_dst_carries_the_flow_and_its_knockout_remov
     assert flow.top_heads[0] == (0, 0)
     head0 = layer.heads[0]
     assert head0.attention > 0.99 and head0.score > 0
-    assert all(h.score == 0 for h in layer.heads[1:])  # no OV: nothing carried, no effect
+    assert all(abs(h.score) < 1e-6 for h in layer.heads[1:])  # no OV: nothing carried, no effect
     record = {(h["layer"], h["head"]): h for h in flow.verification["heads"]}[(0, 0)]
     assert record["exact"] > 1.0 and record["kl"] > 1.0  # the prediction needed what L0H0 moved
     assert flow.verification["layers"][0]["exact"] == pytest.approx(record["exact"], rel=1e-4)
@@ -331,7 +331,8 @@ def test_bad_questions_get_clear_errors_and_leave_the_model_as_it_was(kwargs, er
     assert all(p.requires_grad for p in model.hf_model.parameters()) and not any(
         p.grad is not None for p in model.hf_model.parameters()
     )
-    assert torch.equal(model(ids)[0].logits, before)
+    # the same logits (up to float32 rounding of a rerun; a hook or knockout left behind moves them by far more)
+    torch.testing.assert_close(model(ids)[0].logits, before, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize(

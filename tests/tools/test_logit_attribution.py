@@ -60,10 +60,11 @@ def test_a_head_planted_to_write_a_token_is_a_writer_and_its_opposite_a_suppress
     assert result.writers[0] == (0, 0) and result.suppressors[0] == (0, 1)
     assert result.heads[0, 0] > 0 > result.heads[0, 1]
     assert float(result.heads[0, 0] / result.heads[0, 1]) == pytest.approx(-1.5, rel=1e-4)  # 3u against -2u
-    assert result.heads[0, 2:].abs().max() == 0
+    assert result.heads[0, 2:].abs().max() < 1e-6  # heads without OV write nothing
     selection = tool.identify_write_heads(0, input_ids=ids, token=7, threshold=0.5)
     assert list(selection) == [(0, 0)] and selection.extra["suppressors"] == [(0, 1)]
-    assert selection.scores[1] < 0 and selection.shares[1] == 0 and selection.method == "logit-attribution"
+    assert selection.scores[1] < 0 and selection.method == "logit-attribution"
+    assert selection.shares[1] == pytest.approx(0.0, abs=1e-9)  # a suppressor has no share of the writing
 
 
 def test_the_result_round_trips_and_reads_well():

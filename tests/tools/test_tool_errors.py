@@ -60,7 +60,7 @@ def test_circuits_blame_a_bad_probe_by_name(tool, probe, message):
     ("metric", "message"),
     [
         (lambda logits: logits[0] * math.nan, "metric returned nan on the clean logits; it must be finite"),
-        (lambda logits: logits[:2], r"metric must return a scalar tensor .* got shape \(2,\)"),
+        (lambda logits: logits[:2], r"metric must return a scalar tensor .* got \(2,\)"),
         (lambda logits: 1.0, "metric must return a scalar tensor .* got float"),
     ],
 )
