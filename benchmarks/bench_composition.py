@@ -31,8 +31,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks._memory import measure_once, proc_status
-from benchmarks._transformer_lens import save_for_transformer_lens
+from benchmarks.memory import measure_once, proc_status
+from benchmarks.tl_checkpoint import save_for_transformer_lens
 
 REPO = Path(__file__).resolve().parents[1]
 MODES = ("Q", "K", "V")

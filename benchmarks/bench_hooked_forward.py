@@ -78,7 +78,7 @@ def transformer_lens_run_with_cache(model: HookedAutoModel, ids: torch.Tensor) -
     except ImportError:
         print("  TransformerLens is not installed: no reference")
         return None
-    from benchmarks._transformer_lens import save_for_transformer_lens
+    from benchmarks.tl_checkpoint import save_for_transformer_lens
 
     with tempfile.TemporaryDirectory() as folder:
         save_for_transformer_lens(model, Path(folder))

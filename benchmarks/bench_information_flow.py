@@ -21,7 +21,7 @@ generator), src at position 5, dst the last position. Measured, as multiples of 
   (every head's contribution from every key to every query).
 
 Short timings are the best of a few repeats (the least disturbed by the machine); "peak
-extra" is resident memory beyond what was held before the call (benchmarks/_memory.py, after
+extra" is resident memory beyond what was held before the call (benchmarks/memory.py, after
 glibc's malloc_trim so that memory freed earlier does not hide it), the largest over the
 repeats. What ``verify=True`` adds is the verified trace's time minus the plain trace's, the
 two run in turn so that the machine's slow stretches hit both alike. The load average is
@@ -42,7 +42,7 @@ import torch
 from arrakis import load_model
 from arrakis.models import interventions
 from arrakis.tools import WriteReadAnalyzer
-from benchmarks._memory import measure_once
+from benchmarks.memory import measure_once
 
 PROMPTS = (60, 500)
 SRC = 5

@@ -9,7 +9,7 @@ tensors only, bfloat16, sharded safetensors with an index, as Hugging Face saves
 Each is analysed end to end from a weights-only model: write scores of every layer, read
 scores of every layer for one direction, and all three composition modes. It prints the
 time and the peak memory of the analysis (resident memory beyond what the process held
-before it, benchmarks/_memory.py). Targets on a 24 GiB, 2-core machine: the 1B shape in
+before it, benchmarks/memory.py). Targets on a 24 GiB, 2-core machine: the 1B shape in
 under 30 s; the 7B shape in under 15 minutes and 8 GiB. The baseline, in the same run,
 is the time to read the stacked weights alone.
 """
@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from benchmarks._memory import measure_once
+from benchmarks.memory import measure_once
 
 SHAPES = {
     "Llama-3.2-1B attention": dict(n_layers=16, n_heads=32, n_kv_heads=8, d_model=2048, d_head=64),

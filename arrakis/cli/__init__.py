@@ -51,8 +51,13 @@ class UsageError(Exception):
 
 class Parser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.long_options: list[str] = []  # its --options, for the "takes ..." hint (argparse adds --help)
         super().__init__(*args, **kwargs)
         self.commands: dict[str, Parser] = {}  # the top-level parser's subcommands, by name
+
+    def add_argument(self, *names: Any, **kwargs: Any) -> argparse.Action:
+        self.long_options += [n for n in names if isinstance(n, str) and n.startswith("--")]
+        return super().add_argument(*names, **kwargs)
 
     def error(self, message: str) -> None:  # one line instead of usage + message
         raise UsageError(" ".join(message.split()))
@@ -264,7 +269,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     if unknown:
         if args.command is None:
             raise UsageError(f"unrecognized arguments: {' '.join(unknown)}; give a command first, one of {names}")
-        options = [o for a in parser.commands[args.command]._actions for o in a.option_strings if o.startswith("--")]
+        options = parser.commands[args.command].long_options
         raise UsageError(
             f"unrecognized arguments: {' '.join(unknown)}; arrakis {args.command} takes {', '.join(options)}"
         )
