@@ -27,24 +27,27 @@ GEMMA3_NAMES = ("gemma3-270m", "gemma-3-270m")
 CACHE_ENV = "ARRAKIS_CACHE_DIR"
 
 
-def _declared_family(path: Path) -> str | None:
-    """The ``family=`` of the module-level ``ADAPTER = ...(family="...")`` of an adapter file."""
+def declared_family(path: Path) -> tuple[int, str] | None:
+    """The ``(order, family)`` of the module-level ``ADAPTER = ...(family="...", order=N)`` of an
+    adapter file (order 1000 where none is declared, as ``FamilyAdapter``'s default)."""
     for node in ast.parse(path.read_text(encoding="utf-8")).body:
         if (
             isinstance(node, ast.Assign)
             and any(isinstance(t, ast.Name) and t.id == "ADAPTER" for t in node.targets)
             and isinstance(node.value, ast.Call)
         ):
-            for keyword in node.value.keywords:
-                if keyword.arg == "family" and isinstance(keyword.value, ast.Constant):
-                    return str(keyword.value.value)
+            fields = {k.arg: k.value.value for k in node.value.keywords if isinstance(k.value, ast.Constant)}
+            if isinstance(fields.get("family"), str):
+                order = fields.get("order", 1000)
+                return (order if isinstance(order, int) else 1000, fields["family"])
     return None
 
 
 def families() -> list[str]:
-    """The family names HookedAutoConfig accepts, read from the adapter files (not imported)."""
-    found = (_declared_family(path) for path in sorted(ADAPTERS_DIR.glob("*.py")))
-    return [family for family in found if family is not None]
+    """The family names HookedAutoConfig accepts, in the registry's order (``order``, then name),
+    read from the adapter files (not imported)."""
+    found = (declared_family(path) for path in ADAPTERS_DIR.glob("*.py"))
+    return [family for _, family in sorted(f for f in found if f is not None)]
 
 
 def is_packaged_name(name: str) -> bool:
