@@ -5,8 +5,7 @@
 8
 """
 
-import importlib
-from typing import Any
+from arrakis.lazy import lazy_exports
 
 # Everything is loaded on first use: ``import arrakis`` (and the command line's argument
 # checks) import neither torch nor transformers, and the import direction (docs/architecture.md)
@@ -27,18 +26,7 @@ _MODELS = (
 _LAZY = {name: "arrakis.models" for name in _MODELS}
 _LAZY |= {"WriteReadAnalyzer": "arrakis.tools", "BaseInterpretabilityBench": "arrakis.bench"}
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value  # looked up once
-        return value
-    raise AttributeError(f"module 'arrakis' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
-
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 __all__ = [
     "ActivationCache",

@@ -4,8 +4,7 @@ Everything is loaded on first use: the experiment store needs only the standard 
 that reading it (``arrakis experiments``) does not import torch.
 """
 
-import importlib
-from typing import Any
+from arrakis.lazy import lazy_exports
 
 _LAZY = {
     "BaseInterpretabilityBench": "arrakis.bench.base_bench",
@@ -25,18 +24,7 @@ _LAZY = {
     "version_hash": "arrakis.bench.store",
 }
 
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value  # looked up once
-        return value
-    raise AttributeError(f"module 'arrakis.bench' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *_LAZY])
-
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)
 
 __all__ = [
     "PLOTTING_LIBS",
