@@ -201,6 +201,7 @@ def test_the_private_name_check_catches_each_kind_of_reach() -> None:
 # -- references to files ----------------------------------------------------------------------
 
 REFERENCE = re.compile(r"(?<![\w/.-])((?:\.\./)*(?:[\w.-]+/)*[\w.-]+\.md)(#[\w-]+)?")
+SOURCE_PATH = re.compile(r"(?<![\w/.-])((?:[\w.-]+/)+[\w.-]+\.py)\b")  # a source file named by its path
 
 
 def anchors(markdown: str) -> set[str]:
@@ -218,10 +219,20 @@ def references(text: str) -> list[tuple[str, str | None]]:
     return [(m.group(1), m.group(2)[1:] if m.group(2) else None) for m in REFERENCE.finditer(text)]
 
 
+def held(ref: str) -> bool:
+    """Whether the repository holds the source file ``ref``, a path from its root or from a
+    package folder (``adapters/base.py`` in a text about ``arrakis/models``)."""
+    return (ROOT / ref).is_file() or any(any((ROOT / top).glob(f"**/{ref}")) for top in ("arrakis", "tests"))
+
+
 def missing_references(files: list[Path]) -> list[str]:
     missing = []
     for path in files:
-        for ref, anchor in references(path.read_text()):
+        text = path.read_text()
+        missing += [
+            f"{path.relative_to(ROOT)}: {m.group(1)}" for m in SOURCE_PATH.finditer(text) if not held(m.group(1))
+        ]
+        for ref, anchor in references(text):
             target = (ROOT / ref) if not ref.startswith("..") else (path.parent / ref)
             if not target.resolve().is_file():
                 missing.append(f"{path.relative_to(ROOT)}: {ref}")
@@ -245,7 +256,8 @@ def test_the_reference_check_finds_missing_files_and_headings(tmp_path: Path) ->
         "qk-norms-post-norms",
     }
     broken = tmp_path / "broken.py"
-    broken.write_text(f'"""As {design} says; see README' + f'.md#no-such-heading and {maths}#composition."""\n')
+    gone = "arrakis/models/gone" + ".py"
+    broken.write_text(f'"""As {design} says; see README' + f'.md#no-such-heading, {maths}#composition, {gone}."""\n')
     global ROOT
     saved, ROOT = ROOT, tmp_path
     try:
@@ -255,4 +267,8 @@ def test_the_reference_check_finds_missing_files_and_headings(tmp_path: Path) ->
         found = missing_references([broken])
     finally:
         ROOT = saved
-    assert found == [f"broken.py: {design}", "broken.py: README" + ".md#no-such-heading (no such heading)"]
+    assert found == [
+        f"broken.py: {gone}",
+        f"broken.py: {design}",
+        "broken.py: README" + ".md#no-such-heading (no such heading)",
+    ]

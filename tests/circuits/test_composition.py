@@ -141,7 +141,7 @@ def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory):
 
 def add_zero_qkv_bias_for_tl(hf_model: torch.nn.Module) -> None:
     """TransformerLens 4.3's GPT-NeoX adapter asserts that query_key_value has a bias
-    (supported_architectures/neox.py, split_qkv_matrix) and cannot boot a bias-free model.
+    (its neox architecture module, split_qkv_matrix) and cannot boot a bias-free model.
     Composition scores never read a bias, so a zero one changes nothing that is compared here."""
     for module in hf_model.modules():
         qkv = getattr(module, "query_key_value", None)
