@@ -155,17 +155,19 @@ def flow_text(flow: Any) -> str:
     def scored(heads: list[tuple[int, int]]) -> str:
         return ", ".join(f"L{layer}H{head} {flow.score(layer, head):+.4f}" for layer, head in heads) or "-"
 
-    if flow.method == "attribution":
+    if flow.method != "routes":
         m = flow.metric
         target = m["target_str"] if m["target_str"] is not None else m["target"]
         foil = m["foil_str"] if m["foil_str"] is not None else m["foil"]
         foil = f", foil {foil!r}" if m["foil"] is not None else ""
         lines.append(f"metric: {m['formula']}, target {target!r}{foil}; clean value {m['clean']:.4f}")
-        lines.append("estimated drop in the metric when each head's dst <- src edge is knocked out:")
+        lines.append(f"estimated drop in the metric when each head's dst <- src edge is knocked out ({flow.method}):")
         lines.append("  top heads: " + scored(flow.top_heads))
         lines.append("  suppressors: " + scored(flow.suppressors))
         strongest = sorted(flow.layers, key=lambda lf: -abs(lf.flow))[:5]
-        lines.append("  strongest layers: " + ", ".join(f"L{lf.layer} {lf.flow:+.4f}" for lf in strongest))
+        kind = "exact knockouts, estimates beside" if flow.exact_values else "estimates"
+        lines.append(f"  strongest layers ({kind}): " + ", ".join(flow.layer_text(lf) for lf in strongest))
+        lines.append(f"  all layers knocked out at once: {flow.all_layers_text()}")
     else:
         lines.append("flow per layer: " + ", ".join(f"L{lf.layer} {lf.flow:.3f}" for lf in flow.layers))
         lines.append("top heads: " + (", ".join(f"L{layer}H{head}" for layer, head in flow.top_heads) or "-"))
@@ -184,6 +186,7 @@ def flow_text(flow: Any) -> str:
         ]
         if rho:
             lines.append("  rank correlation of estimates and exact drops: " + ", ".join(rho))
+    lines += [f"note: {note}" for note in flow.notes]
     return "\n".join(lines)
 
 

@@ -133,16 +133,17 @@ def resolve_layers(n_layers: int | None, layers: Any, total: int) -> list[int]:
 
 
 def check_trace_options(
-    method: object, top_k: object, n_paths: object, min_edge_flow: object, verify: object
-) -> tuple[str, int, int]:
-    """The trace's options, checked before anything runs: (method, top_k, n_paths)."""
+    method: object, top_k: object, n_paths: object, min_edge_flow: object, verify: object, steps: object = 5
+) -> tuple[str, int, int, int]:
+    """The trace's options, checked before anything runs: (method, top_k, n_paths, steps)."""
     method = check_choice(method, METHODS, "method")
+    steps = check_positive_int(steps, "steps")
     top_k, n_paths = check_positive_int(top_k, "top_k"), check_positive_int(n_paths, "n_paths")
     if isinstance(min_edge_flow, bool) or not isinstance(min_edge_flow, int | float) or not 0 <= min_edge_flow <= 1:
         raise ValueError(f"min_edge_flow must be a number in [0, 1], got {min_edge_flow!r}")
     if not (isinstance(verify, bool) or verify == "all"):
         raise ValueError(f"verify must be True, False or 'all', got {verify!r}")
-    return method, top_k, n_paths
+    return method, top_k, n_paths, steps
 
 
 @dataclass
@@ -248,6 +249,7 @@ def build_flow(
     metric: FlowMetric,
     value: float,
     notes: list[str],
+    all_layers: dict[str, Any] | None = None,
 ) -> InformationFlow:
     """The result of a trace: ``top_heads`` are the ``top_k`` heads of highest positive score."""
     ranked = sorted(
@@ -265,4 +267,5 @@ def build_flow(
         str_tokens=model.to_str_tokens(ids) if model.tokenizer is not None else None,
         metric=metric.describe(model, value),
         notes=notes,
+        all_layers=all_layers,
     )

@@ -8,7 +8,10 @@ of the prompt and all copies batched (``HookedAutoModel.knockout_logits``):
 - the dst <- src edge of all heads of all analysed layers at once.
 Each gets the exact drop in the metric (clean minus knocked out) and the KL divergence of
 dst's next-token distribution, beside its estimate; Spearman's rank correlation compares
-estimates and exact drops over the heads and over the layers.
+estimates and exact drops over the heads and over the layers. The per-layer values and the
+all-layers value of the result become these exact drops (the estimates stay beside them),
+and a note says when the heads are redundant: the exact joint knockout is more than
+REDUNDANT times (or less than 1/REDUNDANT of) the sum of the single-edge estimates.
 """
 
 from __future__ import annotations
@@ -21,7 +24,9 @@ from torch import Tensor
 from arrakis.circuits.attribution import spearman
 from arrakis.models import HookedAutoModel
 from arrakis.tools.flow_question import FlowMetric
-from arrakis.tools.results.flow import InformationFlow
+from arrakis.tools.results.flow import CAUSAL, InformationFlow
+
+REDUNDANT = 2.0  # exact joint / sum of single-edge estimates beyond this (either way): the note
 
 
 def verify_flow(
@@ -43,7 +48,7 @@ def verify_flow(
     log_p = logits.float().log_softmax(-1)
     kls = (log_p[0].exp() * (log_p[0] - log_p[1:])).sum(-1).tolist()
     by_layer = {lf.layer: lf for lf in flow.layers}
-    attribution = flow.method == "attribution"
+    causal = flow.method in CAUSAL
     head_rows = []
     for (layer, head), drop, kl in zip(heads, drops, kls, strict=False):
         record = by_layer[layer].heads[head]
@@ -52,12 +57,15 @@ def verify_flow(
     layer_rows = []
     for layer, drop, kl in zip(layers, drops[len(heads) :], kls[len(heads) :], strict=False):
         by_layer[layer].exact = drop
-        layer_rows.append({"layer": layer, "estimate": by_layer[layer].flow, "exact": drop, "kl": kl})
-    every = {
-        "estimate": sum(lf.flow for lf in flow.layers) if attribution else None,
-        "exact": drops[-1],
-        "kl": kls[-1],
-    }
+        estimate = by_layer[layer].estimate if causal else by_layer[layer].flow
+        layer_rows.append({"layer": layer, "estimate": estimate, "exact": drop, "kl": kl})
+    every = {"estimate": flow.all_layers.get("estimate") if causal else None, "exact": drops[-1], "kl": kls[-1]}
+    if causal:
+        flow.all_layers = {"estimate": every["estimate"], "exact": drops[-1]}
+        flow.use_exact()
+        note = redundancy_note(drops[-1], float(flow.head_scores.sum()))
+        if note:
+            flow.notes.append(note)
     record = {
         "metric": flow.metric,
         "heads": head_rows,
@@ -70,6 +78,19 @@ def verify_flow(
     if every_head:
         record["top_overlap"] = top_overlap(head_rows, k=min(10, len(head_rows)))
     return record
+
+
+def redundancy_note(joint: float, singles: float) -> str | None:
+    """A note when the exact joint knockout and the sum of the single-edge estimates differ by
+    more than REDUNDANT times (or in sign): the heads' single effects do not add up."""
+    big, small = max(abs(joint), abs(singles)), min(abs(joint), abs(singles))
+    if big < 1e-3 or (small * REDUNDANT >= big and joint * singles > 0):
+        return None
+    return (
+        f"redundancy: knocking out dst <- src in every analysed layer at once drops the metric by {joint:+.3g} "
+        f"(exact), but the single-edge estimates sum to {singles:+.3g}: the heads are redundant (or interact), "
+        "so single-edge effects do not add up; read the exact per-layer and all-layer values"
+    )
 
 
 def _correlation(rows: list[dict[str, Any]]) -> float | None:

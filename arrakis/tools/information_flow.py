@@ -4,7 +4,8 @@ the model predicts at dst (docs/mathematics.md#information-flow).
 
 The work is split by concern: ``flow_question`` resolves the positions, layers and metric;
 ``flow_attribution`` estimates every edge's knockout effect from one forward and one
-backward pass (the default); ``flow_routes`` computes Information Flow Routes (proximity,
+backward pass (the default; ``method="integrated"`` adds ``steps`` passes along the
+scaled knockout); ``flow_routes`` computes Information Flow Routes (proximity,
 for comparison); ``flow_verify`` runs the exact knockouts. The result classes live in
 ``arrakis.tools.results.flow``.
 """
@@ -54,11 +55,15 @@ def trace(
     n_paths: int = 5,
     min_edge_flow: float = 0.01,
     verify: bool | str = False,
+    steps: int = 5,
 ) -> InformationFlow:
     """Trace src -> dst through ``layers`` of one sequence ``ids`` [1, pos] (checked input)."""
-    run = trace_attribution if method == "attribution" else trace_routes
     logger.info("tracing %s -> %s through %d layers (%s)", src, dst, len(layers), method)
-    flow = run(model, ids, src, dst, layers, metric, top_k=top_k, n_paths=n_paths, min_edge_flow=min_edge_flow)
+    options = {"top_k": top_k, "n_paths": n_paths, "min_edge_flow": min_edge_flow}
+    if method == "routes":
+        flow = trace_routes(model, ids, src, dst, layers, metric, **options)
+    else:
+        flow = trace_attribution(model, ids, src, dst, layers, metric, **options, method=method, steps=steps)
     if verify:
         flow.verification = verify_flow(model, ids, flow, metric, every_head=verify == "all")
     return flow

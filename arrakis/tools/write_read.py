@@ -234,6 +234,7 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         verify: bool | str = False,
         batch_index: int | None = None,
         attention_mask: Tensor | None = None,
+        steps: int = 5,
     ) -> InformationFlow:
         """Which heads carry information from position src to position dst, in which layers,
         along which routes, and how much it matters to what the model predicts at dst
@@ -252,12 +253,12 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         order from one forward and one backward pass (attribution patching); the result is
         the list of per-layer sums f_l, with ``head_scores``, ``top_heads`` (positive: the
         head carries what m needs), ``suppressors`` and routes src -> ... -> dst ranked by
-        their weakest edge. ``method="routes"``: Information Flow Routes (Ferrando & Voita
-        2024), how much of dst's residual stream comes from src, for comparison.
+        their weakest edge. ``method="integrated"``: the gradient integrated along the scaled
+        knockout A + alpha dA (``steps`` passes), for where log p is saturated. ``method="routes"``:
+        Information Flow Routes (Ferrando & Voita 2024), for comparison.
 
-        ``verify=True`` adds exact knockouts (batched) of the top heads' and suppressors'
-        edges, of each layer's edge and of all layers at once, beside their estimates with
-        the rank correlation; ``verify="all"`` knocks out every head's edge one at a time.
+        ``verify=True``: exact knockouts (batched) of the top heads', each layer's and all layers'
+        edges (the per-layer values are then exact, estimates beside); ``verify="all"``: every head's.
 
         A padded batch: pick the prompt with ``batch_index`` and pass its ``attention_mask``;
         the prompt is traced without its padding, so the result's positions count its real
@@ -267,7 +268,7 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
             self.model, input_ids, src_token, dst_token, src_pos, dst_pos, batch_index, attention_mask
         )
         chosen = resolve_layers(n_layers, layers, self.cfg.n_layers)
-        method, top_k, n_paths = check_trace_options(method, top_k, n_paths, min_edge_flow, verify)
+        method, top_k, n_paths, steps = check_trace_options(method, top_k, n_paths, min_edge_flow, verify, steps)
         chosen_metric = resolve_metric(self.model, target, foil, metric)
         return trace(
             self.model,
@@ -281,6 +282,7 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
             n_paths=n_paths,
             min_edge_flow=min_edge_flow,
             verify=verify,
+            steps=steps,
         )
 
     # -- head roles --------------------------------------------------------------------------

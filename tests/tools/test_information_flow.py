@@ -230,10 +230,14 @@ def test_verification_records_exact_knockouts_beside_their_estimates():
     assert {(r["layer"], r["head"]) for r in record["heads"]} == set(flow.top_heads) | set(flow.suppressors)
     for row in record["layers"]:
         assert row["exact"] == pytest.approx(clean - metric({row["layer"]: [(None, dst, src)]}), abs=1e-4)
-        assert row["estimate"] == flow[row["layer"]]
+        # verified: the list holds the exact drop, the estimate (the heads' first-order sum) beside it
+        assert flow[row["layer"]] == row["exact"] and flow.layers[row["layer"]].estimate == row["estimate"]
+        assert row["estimate"] == pytest.approx(float(flow.head_scores[row["layer"]].sum()))
+    assert flow.exact_values
     every = clean - metric({0: [(None, dst, src)], 1: [(None, dst, src)]})
     assert record["all_layers"]["exact"] == pytest.approx(every, abs=1e-4)
-    assert record["all_layers"]["estimate"] == pytest.approx(sum(flow))
+    assert record["all_layers"]["estimate"] == pytest.approx(float(flow.head_scores.sum()))
+    assert flow.all_layers == {"estimate": record["all_layers"]["estimate"], "exact": record["all_layers"]["exact"]}
 
 
 def test_routes_are_chains_of_edges_in_the_graph():

@@ -8,11 +8,16 @@ It behaves as the original's list, one value per analysed layer, and carries the
   works against it); the list value of a layer is f_l = sum_h head_scores[l, h]. Edges
   i <- j between src and dst carry the same estimate for knocking out that edge; routes
   chain them from src to dst, as strong as their weakest edge.
+- ``method="integrated"``: the same questions, each head's score its share of the drop
+  when the dst <- src edge is knocked out in every analysed layer at once, integrated
+  along the scaled knockout; a layer's value estimates that layer's joint knockout.
 - ``method="routes"``: Information Flow Routes (proximity importances); the head score is
   the flow it carries into dst, the list value of a layer the share of dst's residual
   stream that traces back to src.
 
-With verification, ``verification`` holds exact knockouts beside their estimates.
+With verification, ``verification`` holds exact knockouts beside their estimates, and the
+per-layer values (attribution, integrated) are the exact drops, each layer's ``estimate``
+beside; without it they are estimates, and ``exact_values`` says which.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from arrakis.circuits.flow import RESIDUAL
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-METHODS = ("attribution", "routes")
+METHODS = ("attribution", "integrated", "routes")
+CAUSAL = ("attribution", "integrated")  # methods whose numbers are (estimated) drops in the metric
 
 
 @dataclass
@@ -49,6 +55,7 @@ class HeadFlow:
     importance: float | None = None  # routes: importance of that src -> dst part of dst's residual stream
     importance_total: float | None = None  # routes: of all of the head's parts at dst (every key)
     carried: float | None = None  # routes: sum_j importance[h, dst, j] * f_prev(j)
+    first_order: float | None = None  # integrated: the first-order estimate, for comparison
 
 
 @dataclass
@@ -59,6 +66,7 @@ class LayerFlow:
     flow: float
     heads: list[HeadFlow] = field(default_factory=list)
     exact: float | None = None  # attribution, verified: the drop when dst <- src is knocked out in all heads
+    estimate: float | None = None  # attribution, integrated: the estimate of that same joint knockout
     residual_share: float | None = None  # routes: importance of dst's own residual stream
     bias_share: float | None = None  # routes: importance of b_O
 
@@ -152,12 +160,30 @@ class InformationFlow(list):
         metric: dict[str, Any] | None = None,
         verification: dict[str, Any] | None = None,
         notes: list[str] | None = None,
+        all_layers: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(layer.flow for layer in layers)
         self.layers, self.src_pos, self.dst_pos, self.tokens = layers, src_pos, dst_pos, tokens
         self.top_heads, self.paths, self.edges, self.method = top_heads, paths, edges, method
         self.str_tokens, self.metric, self.verification = str_tokens, metric, verification
         self.notes = list(notes or [])
+        # the dst <- src edge knocked out in every head of every analysed layer at once
+        self.all_layers = dict(all_layers or {"estimate": None, "exact": None})
+
+    @property
+    def exact_values(self) -> bool:
+        """Whether the per-layer values (the list) are exact knockouts, not estimates."""
+        return self.method in CAUSAL and bool(self.layers) and all(lf.exact is not None for lf in self.layers)
+
+    def use_exact(self) -> None:
+        """After verification: each layer's value becomes its exact drop (its estimate stays
+        in ``LayerFlow.estimate``)."""
+        if self.method not in CAUSAL:
+            return
+        for lf in self.layers:
+            if lf.exact is not None:
+                lf.flow = lf.exact
+        self[:] = [lf.flow for lf in self.layers]
 
     @property
     def layer_ids(self) -> list[int]:
@@ -203,14 +229,14 @@ class InformationFlow(list):
         # the stream entering and leaving each analysed layer (layers may skip)
         boundaries = sorted({b for layer in self.layer_ids for b in (layer, layer + 1)})
         nodes = {e.source for e in self.edges} | {e.target for e in self.edges}
-        if self.method == "attribution" and boundaries:
+        if self.method in CAUSAL and boundaries:
             nodes |= {(boundaries[0], self.src_pos), (boundaries[-1], self.dst_pos)}
         for node in sorted(nodes):
             graph.add_node(node, layer=node[0], position=node[1], token=words[node[1]])
         for edge in self.edges:
             label = "residual" if edge.head == RESIDUAL else f"L{edge.layer}H{edge.head}"
             graph.add_edge(edge.source, edge.target, key=label, **edge.attributes(), label=label)
-        if self.method == "attribution":  # staying in the residual stream is free
+        if self.method in CAUSAL:  # staying in the residual stream is free
             positions = {node[1] for node in nodes}
             for position in positions:
                 for a, b in pairwise(boundaries):
@@ -235,6 +261,7 @@ class InformationFlow(list):
             "edges": [edge.to_dict() for edge in self.edges],
             "verification": self.verification,
             "notes": self.notes,
+            "all_layers": self.all_layers,
         }
 
     @classmethod
@@ -255,6 +282,7 @@ class InformationFlow(list):
             metric=data.get("metric"),
             verification=data.get("verification"),
             notes=data.get("notes"),
+            all_layers=data.get("all_layers"),
         )
 
     def plot(self, ax: Any = None, *, n_labels: int = 8) -> Figure:
@@ -270,10 +298,51 @@ class InformationFlow(list):
 
         return information_flow_html(self)
 
+    def layer_text(self, lf: LayerFlow) -> str:
+        """One layer's value, said whether exact or estimated, the estimate beside the exact."""
+        if self.method not in CAUSAL:
+            return f"L{lf.layer} {lf.flow:.3g}"
+        if lf.exact is None:
+            return f"L{lf.layer} {lf.flow:+.3g} (estimate)"
+        estimate = "" if lf.estimate is None else f", estimate {lf.estimate:+.3g}"
+        return f"L{lf.layer} {lf.exact:+.3g} (exact{estimate})"
+
+    def all_layers_text(self) -> str:
+        """The all-layers knockout: exact beside its estimate, or the estimate, labelled."""
+        estimate, exact = self.all_layers.get("estimate"), self.all_layers.get("exact")
+        parts = [] if exact is None else [f"{exact:+.3g} exact"]
+        if estimate is not None:
+            parts.append(f"{estimate:+.3g} estimated")
+        return " / ".join(parts) or "-"
+
+    def summary(self) -> str:
+        """A few lines: the question, the per-layer values (exact or estimated, said which),
+        the all-layers knockout, the top heads, the agreement with exact knockouts, the notes."""
+        m = self.metric or {}
+        lines = [
+            f"{self.method} flow {self.src_pos} -> {self.dst_pos} over {len(self.layers)} layers"
+            + (f", metric {m['formula']} = {m['clean']:.3g}" if m.get("formula") else "")
+        ]
+        strongest = sorted(self.layers, key=lambda lf: -abs(lf.flow))[:5]
+        kind = "exact knockouts" if self.exact_values else "estimates" if self.method in CAUSAL else "flow"
+        lines.append(f"strongest layers ({kind}): " + ", ".join(self.layer_text(lf) for lf in strongest))
+        if self.method in CAUSAL:
+            lines.append(f"all layers knocked out at once: {self.all_layers_text()}")
+        heads = ", ".join(f"L{layer}H{head} {self.score(layer, head):+.3g}" for layer, head in self.top_heads[:5])
+        lines.append(f"top heads: {heads or '-'}")
+        v = self.verification or {}
+        checks = [
+            f"Spearman over {name} {v[f'spearman_{name}']:.3f}"
+            for name in ("heads", "layers")
+            if v.get(f"spearman_{name}") is not None
+        ]
+        if v.get("top_overlap"):
+            checks.append(f"top-{v['top_overlap']['k']} overlap {v['top_overlap']['overlap']}")
+        if checks:
+            lines.append("estimates vs exact knockouts: " + ", ".join(checks))
+        lines += [f"note: {note}" for note in self.notes]
+        return "\n".join(lines)
+
     def __repr__(self) -> str:
-        flows = ", ".join(f"L{layer.layer} {layer.flow:.3g}" for layer in self.layers)
-        if len(self.layers) > 8:
-            strongest = sorted(self.layers, key=lambda lf: -abs(lf.flow))[:5]
-            flows = "strongest layers " + ", ".join(f"L{lf.layer} {lf.flow:+.3g}" for lf in strongest)
-        heads = ", ".join(f"L{l}H{h}" for l, h in self.top_heads[:5])  # noqa: E741
-        return f"InformationFlow({self.method}, {self.src_pos} -> {self.dst_pos}: {flows}; top heads {heads or '-'})"
+        body = self.summary().replace("\n", "\n  ")
+        return f"InformationFlow(\n  {body}\n)"
