@@ -12,6 +12,9 @@ level ("top": runs on import), inside a function ("lazy": runs when called), or 
 - circuits (the mathematics: pure functions on tensors, no model objects) import nothing of
   models, tools, viz, bench, report or the CLI, nor transformers; types only under
   TYPE_CHECKING;
+- tasks (prompts with corrupted twins and their metrics: above the models, below the tools)
+  import only the models, the progress bars and the lazy loader; models, circuits and viz
+  import no tasks;
 - tools import nothing of bench, report or the CLI, and plots only lazily (a result draws
   itself when asked: "the library imports matplotlib only when a plot is asked for");
 - viz imports nothing of models, tools, bench, report or the CLI, lazily neither; the
@@ -42,23 +45,24 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "arrakis"
 
-LAYERS = ("models", "circuits", "tools", "viz", "bench", "report", "cli", "src", "progress", "lazy")
+LAYERS = ("models", "circuits", "tasks", "tools", "viz", "bench", "report", "cli", "src", "progress", "lazy")
 # package of the importing module -> packages it must not import at run time (top or lazy)
 FORBIDDEN = {
-    "models": {"circuits", "tools", "viz", "bench", "report", "cli", "src"},
-    "circuits": {"models", "tools", "viz", "bench", "report", "cli", "src"},
+    "models": {"circuits", "tasks", "tools", "viz", "bench", "report", "cli", "src"},
+    "circuits": {"models", "tasks", "tools", "viz", "bench", "report", "cli", "src"},
+    "tasks": {"root", "circuits", "tools", "viz", "bench", "report", "cli", "src"},
     "tools": {"bench", "report", "cli", "src"},
-    "viz": {"models", "tools", "bench", "report", "cli", "src"},
+    "viz": {"models", "tasks", "tools", "bench", "report", "cli", "src"},
     "bench": {"report", "cli", "src"},
     "report": {"bench", "cli", "src"},
     "cli": {"src"},
     "root": {"src"},
     "src": set(),
-    "progress": {"root", "models", "circuits", "tools", "viz", "bench", "report", "cli", "src"},
-    "lazy": {"root", "models", "circuits", "tools", "viz", "bench", "report", "cli", "src", "progress"},
+    "progress": {"root", "models", "circuits", "tasks", "tools", "viz", "bench", "report", "cli", "src"},
+    "lazy": {"root", "models", "circuits", "tasks", "tools", "viz", "bench", "report", "cli", "src", "progress"},
 }
 # ... and must not import at module level (lazily is allowed)
-FORBIDDEN_AT_TOP = {"tools": {"viz"}, "viz": {"tools"}, "root": {"circuits", "tools", "viz", "bench", "report", "cli"}}
+FORBIDDEN_AT_TOP = {"tools": {"viz"}, "viz": {"tools"}, "root": {"circuits", "tasks", "tools", "viz", "bench", "report", "cli"}}
 # third-party modules a package must not import at run time
 FORBIDDEN_EXTERNAL = {"circuits": {"transformers"}}
 
