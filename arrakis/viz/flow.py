@@ -67,7 +67,7 @@ def plot_information_flow(flow: InformationFlow, ax: Axes | None = None, *, n_la
 
 
 def _attribution(flow: InformationFlow) -> bool:
-    return flow.method == "attribution"
+    return flow.method in ("attribution", "integrated")  # scores are (estimated) drops in the metric
 
 
 def _formula(flow: InformationFlow) -> str:
