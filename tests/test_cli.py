@@ -116,6 +116,11 @@ def test_flow_traces_a_prompt_and_verifies_it():
     assert data["verification"]["spearman_heads"] > 0.8
     routes = run("flow", "--prompt", prompt, "--src", " Mary", "--dst", " to", "--method", "routes")
     assert routes.returncode == 0 and "method routes" in routes.stdout
+    integrated = run(
+        "flow", "--prompt", prompt, "--src", " Mary", "--dst", " to", "--method", "integrated", "--steps", "2", "--json"
+    )
+    assert integrated.returncode == 0, integrated.stderr
+    assert json.loads(integrated.stdout)["method"] == "integrated"
     bad = run("flow", "--prompt", prompt, "--src", " Bob", "--dst", " to")
     assert bad.returncode == 2 and "does not occur before dst" in bad.stderr
 

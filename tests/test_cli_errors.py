@@ -88,7 +88,11 @@ ARGUMENT_ERRORS = {
     "flow without src and dst": (["flow", "--prompt", "hi"], ["required: --src, --dst"]),
     "unknown flow method": (
         ["flow", "--prompt", "a b", "--src", "a", "--dst", "b", "--method", "magic"],
-        ["argument --method", "attribution", "routes"],
+        ["argument --method", "attribution", "integrated", "routes"],
+    ),
+    "steps 0": (
+        ["flow", "--prompt", "a b", "--src", "a", "--dst", "b", "--method", "integrated", "--steps", "0"],
+        ["argument --steps", "positive int"],
     ),
     "pos not an int": (["attribute", "--prompt", "hi", "--pos", "last"], ["argument --pos", "an int"]),
     "report src without prompt": (

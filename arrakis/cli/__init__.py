@@ -222,7 +222,8 @@ def build_parser() -> Parser:
     flow.add_argument("--src", type=token_text, required=True, help="the source token (a string that is one token)")
     flow.add_argument("--dst", type=token_text, required=True, help="the destination token")
     flow.add_argument("--layers", type=layer_count, default="all", help="the first N layers, or 'all'")
-    flow.add_argument("--method", default="attribution", choices=("attribution", "routes"))
+    flow.add_argument("--method", default="attribution", choices=("attribution", "integrated", "routes"))
+    flow.add_argument("--steps", type=positive_int, default=5, help="integration steps of --method integrated (>= 1)")
     flow.add_argument(
         "--target",
         type=token_text,

@@ -245,6 +245,7 @@ def cmd_flow(args: argparse.Namespace) -> Any:
         target=args.target,
         foil=args.foil,
         verify="all" if args.verify_all else args.verify,
+        steps=args.steps,
     )
     return flow.to_dict(), flow_text(flow)
 

@@ -142,7 +142,7 @@ def information_flow_html(flow: InformationFlow) -> str:
     lines = [f"src {flow.src_pos} ({words[flow.src_pos]!r}) -> dst {flow.dst_pos} ({words[flow.dst_pos]!r})"]
     path_rows = [(i + 1, path.describe()) for i, path in enumerate(flow.paths)]
     verification = flow.verification
-    if flow.method == "attribution":
+    if flow.method in ("attribution", "integrated"):
         lines.append(_metric_line(flow.metric))
 
         def scored(heads: Iterable[tuple[int, int]]) -> str:
@@ -160,7 +160,7 @@ def information_flow_html(flow: InformationFlow) -> str:
         if verification:
             lines.append(_verification_line(verification))
         return panel(
-            "InformationFlow (attribution)",
+            f"InformationFlow ({flow.method})",
             [*lines, *flow.notes],
             table(headers, layer_rows),
             table(("path", "src -> ... -> dst (weakest edge)"), path_rows),
