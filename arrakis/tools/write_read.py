@@ -24,7 +24,7 @@ from torch import Tensor
 
 from arrakis.circuits.composition import MODES, check_mode, composition_baseline, composition_scores
 from arrakis.models import HookedAutoModel
-from arrakis.tools import data_stats
+from arrakis.tools import data_stats, patching
 from arrakis.tools.base import (
     BaseInterpretabilityTool,
     check_choice,
@@ -41,8 +41,7 @@ from arrakis.tools.information_flow import InformationFlow, resolve_layers, reso
 from arrakis.tools.logit_attribution import logit_attribution, resolve_pos
 from arrakis.tools.read_heads import CHANNELS, qk_notes, read_scores
 from arrakis.tools.result_cache import ResultCache
-from arrakis.tools.results import Circuit, CompositionScores, HeadRoles, HeadSelection
-from arrakis.tools.results.attribution import LogitAttribution
+from arrakis.tools.results import Circuit, CompositionScores, HeadRoles, HeadSelection, LogitAttribution
 from arrakis.tools.write_heads import token_writers, weight_write_scores
 
 logger = logging.getLogger(__name__)
@@ -52,6 +51,7 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
     """Write heads, read heads, composition scores, head roles and circuits of one model."""
 
     name = "write_read"
+    patch_heads = patching.patch_heads  # activation patching of every head on a task (arrakis.tools.patching)
 
     def __init__(self, model: HookedAutoModel) -> None:
         super().__init__(model)

@@ -5,6 +5,7 @@ flow trace). Each has ``to_dict()``/``from_dict()``, ``plot()`` and ``_repr_html
 from arrakis.tools.results.attribution import LogitAttribution
 from arrakis.tools.results.flow import FlowEdge, FlowPath, HeadFlow, Hop, InformationFlow, LayerFlow
 from arrakis.tools.results.heads import Circuit, CircuitEdge, CompositionScores, Head, HeadRoles, HeadSelection
+from arrakis.tools.results.patching import HeadPatching
 
 __all__ = [
     "Circuit",
@@ -14,6 +15,7 @@ __all__ = [
     "FlowPath",
     "Head",
     "HeadFlow",
+    "HeadPatching",
     "HeadRoles",
     "HeadSelection",
     "Hop",
