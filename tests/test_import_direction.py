@@ -62,7 +62,11 @@ FORBIDDEN = {
     "lazy": {"root", "models", "circuits", "tasks", "tools", "viz", "bench", "report", "cli", "src", "progress"},
 }
 # ... and must not import at module level (lazily is allowed)
-FORBIDDEN_AT_TOP = {"tools": {"viz"}, "viz": {"tools"}, "root": {"circuits", "tasks", "tools", "viz", "bench", "report", "cli"}}
+FORBIDDEN_AT_TOP = {
+    "tools": {"viz"},
+    "viz": {"tools"},
+    "root": {"circuits", "tasks", "tools", "viz", "bench", "report", "cli"},
+}
 # third-party modules a package must not import at run time
 FORBIDDEN_EXTERNAL = {"circuits": {"transformers"}}
 

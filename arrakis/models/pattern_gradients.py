@@ -39,6 +39,20 @@ from arrakis.models.interventions import AttentionModel, logits_at
 EPS = 1e-6  # a and 1 - a are clamped here: an edge with none or all of its row's attention
 
 
+def graph_starter(leaf: list[Tensor]) -> Callable:
+    """A forward pre-hook for the first analysed layer: its input becomes a new leaf of the
+    graph (appended to ``leaf``), so nothing before that layer is kept for the backward pass."""
+
+    def start_graph(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        hidden = read_input(args, kwargs, None).detach().requires_grad_()
+        leaf.append(hidden)
+        if args:
+            return (hidden, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": hidden}
+
+    return start_graph
+
+
 def pattern_gradients(
     model: AttentionModel,
     input_ids: Tensor,
@@ -67,13 +81,7 @@ def pattern_gradients(
 
     leaf: list[Tensor] = []
 
-    def start_graph(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        # the graph starts here: nothing before the first analysed layer is kept
-        hidden = read_input(args, kwargs, None).detach().requires_grad_()
-        leaf.append(hidden)
-        if args:
-            return (hidden, *args[1:]), kwargs
-        return args, {**kwargs, "hidden_states": hidden}
+    start_graph = graph_starter(leaf)
 
     def keep_pattern(layer: int) -> Callable:
         def hook(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
@@ -205,12 +213,7 @@ def _scaled_pass(
 
         return hook
 
-    def start_graph(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        hidden = read_input(args, kwargs, None).detach().requires_grad_()
-        leaf.append(hidden)
-        if args:
-            return (hidden, *args[1:]), kwargs
-        return args, {**kwargs, "hidden_states": hidden}
+    start_graph = graph_starter(leaf)
 
     flags = [(p, p.requires_grad) for p in model.hf_model.parameters()]
     with ExitStack() as stack:
