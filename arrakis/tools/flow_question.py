@@ -13,6 +13,7 @@ from torch import Tensor
 
 from arrakis.models import HookedAutoModel
 from arrakis.models.batching import check_attention_mask, real_rows
+from arrakis.tasks import Task
 from arrakis.tools.base import check_choice, check_index, check_positive_int
 from arrakis.tools.results.flow import METHODS, FlowEdge, FlowPath, InformationFlow, LayerFlow
 
@@ -29,6 +30,28 @@ def token_id(model: HookedAutoModel, token: Any, what: str) -> int:
             raise ValueError(f"{what} must be one token, got a tensor of shape {tuple(token.shape)}")
         token = int(token)
     return check_index(token, model.cfg.d_vocab, what, "tokens in its vocabulary")
+
+
+def refuse_with_task(given: dict[str, Any], why: str) -> None:
+    """Arguments of a one-prompt question passed with a task, which gives them: an error."""
+    named = [name for name, value in given.items() if value is not None]
+    if named:
+        raise ValueError(f"{', '.join(n + '=' for n in named)} cannot go with a task: {why}")
+
+
+def task_positions(model: HookedAutoModel, task: Task, given: dict[str, Any]) -> tuple[Task, Tensor, Tensor]:
+    """A task's src and dst [n], checked: every example needs a src before its dst."""
+    refuse_with_task(given, "the task gives each example's prompt, src and dst")
+    if task.src is None:
+        raise ValueError(f"task {task.name!r} has no src positions: pass src= to Task to trace src -> dst")
+    later = (task.src >= task.dst).nonzero().flatten().tolist()
+    if later:
+        i = later[0]
+        raise ValueError(
+            f"task {task.name!r}, example {i}: src {int(task.src[i])} must come before dst {int(task.dst[i])}"
+        )
+    task.require_model(model)
+    return task, task.src, task.dst
 
 
 def pick_row(model: HookedAutoModel, input_ids: Any, attention_mask: Any, batch_index: int | None) -> tuple:
@@ -63,7 +86,11 @@ def resolve_positions(
 ) -> tuple[Tensor, int, int]:
     """The one sequence to analyse ([1, pos], without padding) and the src and dst positions
     in it. With an ``attention_mask``, positions given count the padded row's columns and
-    are returned counting the prompt's real tokens (as if it ran alone)."""
+    are returned counting the prompt's real tokens (as if it ran alone). A task: the task
+    itself and its src and dst [n] (the one-prompt arguments are then errors)."""
+    if isinstance(input_ids, Task):
+        given = {"src_token": src_token, "dst_token": dst_token, "src_pos": src_pos, "dst_pos": dst_pos}
+        return task_positions(model, input_ids, {**given, "batch_index": batch_index, "attention_mask": attention_mask})
     ids, mask, batch_index = pick_row(model, input_ids, attention_mask, batch_index)
     if mask is not None:
         keep = mask[batch_index].bool()
@@ -221,7 +248,11 @@ class FlowMetric:
         }
 
 
-def resolve_metric(model: HookedAutoModel, target: Any, foil: Any, metric: Any) -> FlowMetric:
+def resolve_metric(model: HookedAutoModel, target: Any, foil: Any, metric: Any, question: Any = None) -> FlowMetric:
+    """The metric of the question; a task (``question``) brings each example's own."""
+    if isinstance(question, Task):
+        refuse_with_task({"target": target, "foil": foil, "metric": metric}, "the task gives each example's metric")
+        return FlowMetric()
     if metric is not None:
         if target is not None or foil is not None:
             raise ValueError("give metric= or target=/foil=, not both (a custom metric names its own tokens)")

@@ -18,11 +18,13 @@ from torch import Tensor
 
 from arrakis.circuits.flow import RESIDUAL
 from arrakis.models import HookedAutoModel
+from arrakis.tasks import Task
 from arrakis.tools.flow_attribution import trace_attribution
 from arrakis.tools.flow_question import FlowMetric, resolve_layers, resolve_metric, resolve_positions
 from arrakis.tools.flow_routes import trace_routes
 from arrakis.tools.flow_verify import verify_flow
 from arrakis.tools.results.flow import METHODS, FlowPath, HeadFlow, Hop, InformationFlow, LayerFlow
+from arrakis.tools.task_means import task_flow
 
 logger = logging.getLogger(__name__)
 
@@ -44,9 +46,9 @@ __all__ = [
 
 def trace(
     model: HookedAutoModel,
-    ids: Tensor,
-    src: int,
-    dst: int,
+    ids: Tensor | Task,
+    src: int | Tensor,
+    dst: int | Tensor,
     layers: list[int],
     metric: FlowMetric,
     *,
@@ -57,7 +59,12 @@ def trace(
     verify: bool | str = False,
     steps: int = 5,
 ) -> InformationFlow:
-    """Trace src -> dst through ``layers`` of one sequence ``ids`` [1, pos] (checked input)."""
+    """Trace src -> dst through ``layers`` of one sequence ``ids`` [1, pos] (checked input); of a
+    task (``ids``), each example at its own src and dst, averaged (``src``, ``dst``, ``metric``
+    are the task's)."""
+    if isinstance(ids, Task):
+        options = {"top_k": top_k, "n_paths": n_paths, "min_edge_flow": min_edge_flow, "verify": verify}
+        return task_flow(model, ids, layers, method=method, **options, steps=steps)
     logger.info("tracing %s -> %s through %d layers (%s)", src, dst, len(layers), method)
     options = {"top_k": top_k, "n_paths": n_paths, "min_edge_flow": min_edge_flow}
     if method == "routes":

@@ -19,6 +19,7 @@ from torch import Tensor
 from arrakis.circuits.logit_attribution import contributions, final_scale
 from arrakis.models import HookedAutoModel
 from arrakis.models.batching import check_position
+from arrakis.tools.flow_question import one_prompt, token_id
 from arrakis.tools.results.attribution import LogitAttribution
 
 
@@ -73,6 +74,24 @@ def logit_attribution(model: HookedAutoModel, ids: Tensor, token: int, pos: int,
         foil_str=tokenizer.decode([foil]) if tokenizer is not None and foil is not None else None,
         notes=notes,
     )
+
+
+def prompt_attribution(
+    model: HookedAutoModel,
+    input_ids: Any,
+    token: Any,
+    pos: Any,
+    foil: Any,
+    attention_mask: Tensor | None,
+    batch_index: int | None,
+) -> LogitAttribution:
+    """The checked question of ``write_read.logit_attribution`` on one prompt, answered."""
+    ids = one_prompt(model, input_ids, attention_mask, batch_index)
+    target = token_id(model, token, "token")
+    other = None if foil is None else token_id(model, foil, "foil")
+    if other == target:
+        raise ValueError(f"foil {foil!r} is the same token as {token!r} (id {target}); pick another foil")
+    return logit_attribution(model, ids, target, resolve_pos(pos, ids.shape[1]), other)
 
 
 def resolve_pos(pos: Any, n_pos: int) -> int:

@@ -36,13 +36,13 @@ from arrakis.tools.base import (
 from arrakis.tools.circuit_filter import check_filters, circuit_edges
 from arrakis.tools.circuit_verify import verify_edges
 from arrakis.tools.data_stats import fingerprint
-from arrakis.tools.flow_question import check_trace_options, one_prompt, token_id
+from arrakis.tools.flow_question import check_trace_options
 from arrakis.tools.information_flow import InformationFlow, resolve_layers, resolve_metric, resolve_positions, trace
-from arrakis.tools.logit_attribution import logit_attribution, resolve_pos
 from arrakis.tools.read_heads import CHANNELS, qk_notes, read_scores
 from arrakis.tools.result_cache import ResultCache
 from arrakis.tools.results import Circuit, CompositionScores, HeadRoles, HeadSelection, LogitAttribution
-from arrakis.tools.write_heads import token_writers, weight_write_scores
+from arrakis.tools.task_means import attribute
+from arrakis.tools.write_heads import answer_writers, weight_write_scores
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,8 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         at ``pos`` by signed direct logit attribution (``logit_attribution``); shares are over
         the writers (positive heads), and the suppressors stand beside them in
         ``extra["suppressors"]``, with every head's signed score in ``scores``. ``pos``
-        (default: the last position) and ``foil`` go with ``token`` only.
+        (default: the last position) and ``foil`` go with ``token`` only. With a task
+        (``input_ids=task``, no ``token``): the writers of each example's answer, by the mean attribution.
 
         Scores: ||OV[h]||_F from the folded weights; with ``input_ids`` (ids with an optional
         ``attention_mask``, or a dataset of prompts; see ``write_scores``), the mean size of
@@ -93,16 +94,11 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         """
         layer = check_layer(layer_idx, self.cfg.n_layers)
         threshold = check_threshold(threshold)
-        if token is None:
-            for what, value in (("foil", foil), ("pos", pos)):
-                if value is not None:
-                    raise ValueError(f"{what}= goes with token= (the logit attributed at pos); pass token= too")
-        else:
-            if input_ids is None:
-                raise ValueError("token= attributes a logit on a prompt: pass input_ids too")
-            if direction is not None:
-                raise ValueError("give token= or direction=, not both")
-            return self._token_writers(layer, threshold, input_ids, attention_mask, token, pos, foil)
+        selection = answer_writers(
+            self.model, layer, threshold, input_ids, attention_mask, direction, batch_size, token, pos, foil
+        )
+        if selection is not None:
+            return selection
         u = None if direction is None else check_direction(direction, self.cfg.d_model)
         if input_ids is None:
             if attention_mask is not None:
@@ -112,10 +108,6 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
             scores = self.write_scores(input_ids, attention_mask, direction=u, batch_size=batch_size)[layer]
             method = "data"
         return HeadSelection.from_scores(layer, scores, threshold, method + ("-direction" if u is not None else ""))
-
-    def _token_writers(self, layer, threshold, input_ids, attention_mask, token, pos, foil) -> HeadSelection:
-        attribution = self.logit_attribution(input_ids, token, -1 if pos is None else pos, foil, attention_mask)
-        return token_writers(attribution, layer, threshold)
 
     def write_scores(
         self,
@@ -145,8 +137,8 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
     def logit_attribution(
         self,
         input_ids: Any,
-        token: int | str,
-        pos: int = -1,
+        token: int | str | None = None,
+        pos: int | None = None,
         foil: int | str | None = None,
         attention_mask: Tensor | None = None,
         *,
@@ -159,15 +151,11 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         foil. The contributions
         add up to the logit (difference). Positive heads write the token (``writers``),
         negative ones suppress it (``suppressors``). A padded batch: pick a prompt with
-        ``batch_index`` and pass its ``attention_mask``; ``pos`` counts its real tokens.
+        ``batch_index`` and pass its ``attention_mask``; ``pos`` counts its real tokens. A task
+        (``arrakis.tasks.Task``, no token/pos/foil): the mean over its examples, each example's
+        answer (- foil) at its own dst.
         """
-        ids = one_prompt(self.model, input_ids, attention_mask, batch_index)
-        target = token_id(self.model, token, "token")
-        other = None if foil is None else token_id(self.model, foil, "foil")
-        if other == target:
-            raise ValueError(f"foil {foil!r} is the same token as {token!r} (id {target}); pick another foil")
-        position = resolve_pos(pos, ids.shape[1])
-        return logit_attribution(self.model, ids, target, position, other)
+        return attribute(self.model, input_ids, token, pos, foil, attention_mask, batch_index)
 
     # -- read heads --------------------------------------------------------------------------
 
@@ -216,7 +204,7 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
 
     def trace_information_flow(
         self,
-        input_ids: Tensor,
+        input_ids: Any,
         src_token: int | str | None = None,
         dst_token: int | str | None = None,
         n_layers: int | None = None,
@@ -263,13 +251,18 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         A padded batch: pick the prompt with ``batch_index`` and pass its ``attention_mask``;
         the prompt is traced without its padding, so the result's positions count its real
         tokens and its numbers are those of the prompt run alone.
+
+        A task (``arrakis.tasks.Task`` with src, in place of ``input_ids``; no positions or
+        metric): each example traced at its own src and dst with the task's metric, and the
+        head scores and per-layer values (exact ones too) averaged; ``n_examples`` says over
+        how many. Routes are per example: ``method="routes"`` is refused.
         """
         ids, src, dst = resolve_positions(
             self.model, input_ids, src_token, dst_token, src_pos, dst_pos, batch_index, attention_mask
         )
         chosen = resolve_layers(n_layers, layers, self.cfg.n_layers)
         method, top_k, n_paths, steps = check_trace_options(method, top_k, n_paths, min_edge_flow, verify, steps)
-        chosen_metric = resolve_metric(self.model, target, foil, metric)
+        chosen_metric = resolve_metric(self.model, target, foil, metric, ids)
         return trace(
             self.model,
             ids,

@@ -22,6 +22,8 @@ class LogitAttribution:
         total: the sum of every contribution; ``logit`` the model's own logit (difference)
             before any final soft-capping: they agree to float rounding.
         token, foil, pos: what was attributed where; ``token_str``, ``foil_str`` where known.
+            Of a task: None where its examples differ.
+        n_examples: of a task, how many examples the numbers are the means over (else None).
         writers, suppressors: heads sorted by contribution, positive and negative.
     """
 
@@ -31,16 +33,19 @@ class LogitAttribution:
         components: dict[str, float],
         *,
         logit: float,
-        token: int,
-        pos: int,
+        token: int | None,
+        pos: int | None,
         foil: int | None = None,
         token_str: str | None = None,
         foil_str: str | None = None,
         notes: list[str] | None = None,
+        n_examples: int | None = None,
     ) -> None:
         self.heads = heads.detach().float().cpu()
         self.components = dict(components)
-        self.logit, self.token, self.pos, self.foil = float(logit), int(token), int(pos), foil
+        self.logit, self.foil, self.n_examples = float(logit), foil, n_examples
+        self.token = None if token is None else int(token)
+        self.pos = None if pos is None else int(pos)
         self.token_str, self.foil_str = token_str, foil_str
         self.notes = list(notes or [])
 
@@ -65,9 +70,13 @@ class LogitAttribution:
 
     def describe(self) -> str:
         target = repr(self.token_str) if self.token_str is not None else str(self.token)
+        if self.token is None:
+            target = "of each example's answer"
         if self.foil is not None:
             target += f" - {self.foil_str!r}" if self.foil_str is not None else f" - {self.foil}"
-        return f"logit {target} at position {self.pos}: {self.logit:.3f}"
+        where = f"position {self.pos}" if self.pos is not None else "each example's dst"
+        text = f"logit {target} at {where}: {self.logit:.3f}"
+        return text if self.n_examples is None else f"mean {text} over {self.n_examples} examples"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -83,6 +92,7 @@ class LogitAttribution:
             "writers": [list(h) for h in self.writers[:10]],
             "suppressors": [list(h) for h in self.suppressors[:10]],
             "notes": self.notes,
+            "n_examples": self.n_examples,
         }
 
     @classmethod
@@ -97,6 +107,7 @@ class LogitAttribution:
             token_str=data.get("token_str"),
             foil_str=data.get("foil_str"),
             notes=data.get("notes"),
+            n_examples=data.get("n_examples"),
         )
 
     def plot(self) -> Figure:

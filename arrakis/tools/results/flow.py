@@ -161,12 +161,14 @@ class InformationFlow(list):
         verification: dict[str, Any] | None = None,
         notes: list[str] | None = None,
         all_layers: dict[str, Any] | None = None,
+        n_examples: int | None = None,
     ) -> None:
         super().__init__(layer.flow for layer in layers)
         self.layers, self.src_pos, self.dst_pos, self.tokens = layers, src_pos, dst_pos, tokens
         self.top_heads, self.paths, self.edges, self.method = top_heads, paths, edges, method
         self.str_tokens, self.metric, self.verification = str_tokens, metric, verification
         self.notes = list(notes or [])
+        self.n_examples = n_examples  # of a task: the values are means over this many examples
         # the dst <- src edge knocked out in every head of every analysed layer at once
         self.all_layers = dict(all_layers or {"estimate": None, "exact": None})
 
@@ -262,6 +264,7 @@ class InformationFlow(list):
             "verification": self.verification,
             "notes": self.notes,
             "all_layers": self.all_layers,
+            "n_examples": self.n_examples,
         }
 
     @classmethod
@@ -283,6 +286,7 @@ class InformationFlow(list):
             verification=data.get("verification"),
             notes=data.get("notes"),
             all_layers=data.get("all_layers"),
+            n_examples=data.get("n_examples"),
         )
 
     def plot(self, ax: Any = None, *, n_labels: int = 8) -> Figure:
@@ -321,6 +325,7 @@ class InformationFlow(list):
         m = self.metric or {}
         lines = [
             f"{self.method} flow {self.src_pos} -> {self.dst_pos} over {len(self.layers)} layers"
+            + (f", mean over {self.n_examples} examples" if self.n_examples is not None else "")
             + (f", metric {m['formula']} = {m['clean']:.3g}" if m.get("formula") else "")
         ]
         strongest = sorted(self.layers, key=lambda lf: -abs(lf.flow))[:5]
