@@ -1,5 +1,5 @@
 """A self-contained HTML report of one model: who writes, who reads, how heads compose,
-and how information flows through a prompt.
+how information flows through a prompt, and which heads a task (IOI) needs.
 
 Figures are embedded as base64 PNG images and the page has no external resources, so the
 file opens anywhere without a network. The report only calls tools and the results'
@@ -24,7 +24,9 @@ import torch
 
 from arrakis.circuits.roles import ROLES
 from arrakis.models import HookedAutoModel
+from arrakis.models.activation_patching import patch_heads_exact
 from arrakis.progress import progress as progress_bar
+from arrakis.tasks import Task, induction, ioi
 from arrakis.tools import WriteReadAnalyzer
 from arrakis.tools.flow_question import induction_question, resolve_positions
 from arrakis.viz.html import information_flow_html, logit_attribution_html
@@ -55,6 +57,42 @@ def table(header: list[str], rows: list[list[Any]]) -> str:
 
 def heads_text(heads: list[tuple[tuple[int, int], float]]) -> str:
     return ", ".join(f"L{layer}H{head} {score:.2f}" for (layer, head), score in heads) or "-"
+
+
+@dataclass
+class TaskPatching:
+    """A task, how well the model does it, attribution patching of every head's z (noising, all
+    positions) and the exact patched drop of its top heads (``task_patching``)."""
+
+    task: Task
+    accuracy: float
+    result: Any  # a HeadPatching (attribution estimates)
+    exact: dict[tuple[int, int], float]  # (layer, head) -> the exact drop in the metric when patched
+
+    @property
+    def top_heads(self) -> list[tuple[int, int]]:
+        return list(self.exact)
+
+
+def demo_task(model: HookedAutoModel, n: int = 8) -> Task:
+    """The demos' task: IOI (a model with a tokenizer), else induction on 30-token halves."""
+    if model.tokenizer is None:
+        return induction(model, n=n, seq_len=min(30, max(3, (model.cfg.n_ctx or 64) // 2 - 1)))
+    return ioi(model, n=n)
+
+
+def task_patching(model: HookedAutoModel, task: Task | None = None, k: int = 5) -> TaskPatching:
+    """``task`` (default ``demo_task``): accuracy, attribution patching of every head's z, and
+    the top ``k`` heads patched exactly (only those k run, so it stays cheap)."""
+    task = demo_task(model) if task is None else task
+    accuracy = task.accuracy(model)
+    result = WriteReadAnalyzer(model).patch_heads(task, "z", method="attribution")
+    top = result.top_heads(k)
+    patched = patch_heads_exact(
+        model, task.clean_ids, task.corrupted_ids, task.attention_mask, task.dst, task.metric, channel="z", heads=top
+    )
+    drops = (task.values(model, "clean")[:, None, None] - patched).mean(0)
+    return TaskPatching(task, accuracy, result, {head: float(drops[head]) for head in top})
 
 
 class Report:
@@ -89,6 +127,7 @@ class Report:
     def sections(self) -> list[Section]:
         if self._sections is None:
             steps = [self._model_card, self._write_heads, self._attribution, self._roles, self._composition, self._flow]
+            steps.append(self._task)
             self._sections = [step() for step in progress_bar(steps, "report", "section")]
         return self._sections
 
@@ -178,6 +217,31 @@ class Report:
             "stand beside them.</p>" + information_flow_html(flow)
         )
         return Section("Information flow", body, [figure_data_uri(flow.plot())])
+
+    def _task(self) -> Section:
+        """Which heads a task needs: attribution patching of every head's z, its top heads exact."""
+        found = task_patching(self.model)
+        task, result = found.task, found.result
+        normalised = result.normalised
+        rows = [
+            [
+                f"L{layer}H{head}",
+                f"{float(result.scores[layer, head]):+.3f}",
+                f"{float(normalised[layer, head]):+.1%}",
+                f"{found.exact[layer, head]:+.3f}",
+            ]
+            for layer, head in found.top_heads
+        ]
+        body = (
+            f"<p>{html.escape(repr(task))}: the model's top prediction is the answer on {found.accuracy:.0%} of the "
+            f"{task.n} examples; {html.escape(task.metric_name)} clean {task.clean_metric:.3f}, corrupted "
+            f"{task.corrupted_metric:.3f}. Each head's output (z, all positions) is patched in from the corrupted "
+            "run: the heatmap shows the estimated drop in the metric (attribution patching, one forward and one "
+            "backward pass per run); the top heads are also patched exactly.</p>"
+            + table(["head", "estimated drop", "of the gap", "exact drop"], rows)
+            + "".join(f"<p>Note: {html.escape(note)}</p>" for note in result.notes)
+        )
+        return Section(f"Task: {task.name}", body, [figure_data_uri(result.plot())])
 
     def flow_question(self) -> tuple[torch.Tensor, int, int, str]:
         """(ids, src, dst, description) of the flow trace and logit attribution: the prompt's

@@ -3,7 +3,8 @@
     arrakis models                       the families, the embedded model and other local ones
     arrakis analyze [--model PATH]       the main job (make run): write heads and head roles per
                                          layer, the induction circuit, the read heads of one layer,
-                                         and which heads carry an induction prediction (flow)
+                                         which heads carry an induction prediction (flow), and
+                                         the heads an IOI task needs (activation patching)
     arrakis heads [--model PATH] [--layer L] [--threshold T]
                                          write heads (and previous-token / induction scores)
     arrakis circuits [--model PATH] [--mode K] [--writer-role R] [--reader-role R] [--verify]
@@ -11,6 +12,9 @@
                                          [--foil F] [--verify | --verify-all]
     arrakis attribute --prompt TEXT [--token T] [--foil F] [--pos P]
                                          signed direct logit attribution of every head
+    arrakis patch --task ioi|induction [--channel C] [--n N] [--seed S] [--method M] [--direction D]
+                  [--positions all|dst] [--top-k K]
+                                         activation patching of every head on a task
     arrakis report --out FILE [--model PATH] [--prompt TEXT --src TOKEN --dst TOKEN]
     arrakis summary [FAMILY ...]         shape summaries of the small random models
     arrakis experiments list|show|export [--save-dir DIR]
@@ -41,6 +45,14 @@ from arrakis.cli import catalog
 
 MODES = ("Q", "K", "V")  # composition modes (arrakis.circuits.composition.MODES; a test keeps them equal)
 ROLES = ("previous_token", "duplicate_token", "induction")  # head roles (arrakis.circuits.roles.ROLES)
+
+# arrakis patch: the tasks (arrakis.tasks), channels, methods and directions of patch_heads
+# (arrakis.models.head_channels, arrakis.tools.patching; a test keeps them equal)
+TASKS = ("ioi", "induction")
+CHANNELS = ("z", "q", "k", "v", "pattern")
+PATCH_METHODS = ("exact", "attribution", "integrated")
+DIRECTIONS = ("noising", "denoising")
+PATCH_POSITIONS = ("all", "dst")
 
 ROLE_THRESHOLD = 0.3  # a head counts as previous-token / induction at this score or above
 
@@ -115,6 +127,18 @@ def int_argument(minimum: int, valid: str, *, words: tuple[str, ...] = ()) -> Ca
 positive_int = int_argument(1, "a positive int (1, 2, ...)")  # --top-k
 layer_index = int_argument(0, "a layer index, an int 0..n_layers-1")  # --layer (its upper bound: once loaded)
 layer_count = int_argument(1, "a positive int (the first N layers) or 'all'", words=("all",))  # --layers
+seed = int_argument(0, "an int >= 0 (the task's random seed)")  # --seed
+
+
+def one_of(choices: tuple[str, ...], what: str) -> Callable[[str], str]:
+    """An argparse type: one of ``choices`` (in any case), else "must be one of ... (what)"."""
+
+    def parse(value: str) -> str:
+        if value.strip().lower() not in choices:
+            raise argparse.ArgumentTypeError(f"must be one of {', '.join(choices)} ({what}), got {value!r}")
+        return value.strip().lower()
+
+    return parse
 
 
 def position(value: str) -> int:
@@ -240,6 +264,20 @@ def build_parser() -> Parser:
     )
     attribute.add_argument("--foil", type=token_text, default=None, help="attribute logit(token) - logit(foil) instead")
     attribute.add_argument("--pos", type=position, default=-1, help="the position (default: -1, the last)")
+    patch = with_model(command("patch", "activation patching of every head on a task (clean vs corrupted)"))
+    patch.add_argument("--task", type=one_of(TASKS, "the task"), required=True, help=", ".join(TASKS))
+    patch.add_argument("--channel", type=one_of(CHANNELS, "the head's channel"), default="z", help=", ".join(CHANNELS))
+    patch.add_argument("--n", type=positive_int, default=8, help="examples in the task (>= 1)")
+    patch.add_argument("--seed", type=seed, default=0, help="the task's random seed (>= 0)")
+    patch.add_argument("--method", type=one_of(PATCH_METHODS, "how"), default="exact", help=", ".join(PATCH_METHODS))
+    patch.add_argument("--steps", type=positive_int, default=5, help="integration steps of --method integrated (>= 1)")
+    patch.add_argument(
+        "--direction", type=one_of(DIRECTIONS, "the patch's direction"), default="noising", help=", ".join(DIRECTIONS)
+    )
+    patch.add_argument(
+        "--positions", type=one_of(PATCH_POSITIONS, "the positions patched"), default="all", help="all or dst"
+    )
+    patch.add_argument("--top-k", type=positive_int, default=10, help="list the strongest K heads (K >= 1)")
     report = with_model(command("report", "a self-contained HTML report"))
     report.add_argument("--out", type=out_file, required=True, help="the HTML file to write")
     report.add_argument("--prompt", type=prompt_text, default=None, help="a prompt for the flow trace")

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from arrakis.cli import ROLE_THRESHOLD, UsageError, check_layer
+from arrakis.cli import ROLE_THRESHOLD, UsageError, check_layer, task_commands
 from arrakis.models import HookedAutoConfig, HookedAutoModel, ModelNotFoundError, load_model, supported_families
 from arrakis.progress import progress as progress_bar
 from arrakis.tools import WriteReadAnalyzer
@@ -20,6 +20,8 @@ from arrakis.tools.logit_attribution import resolve_pos
 # input the library refused, answered with one line (ModelLoadError, UnsupportedArchitectureError
 # and the tools' checks are ValueErrors); anything else is a bug and keeps its traceback
 REFUSED = (UsageError, ValueError, KeyError, TypeError, ModelNotFoundError)
+
+cmd_patch = task_commands.cmd_patch  # arrakis patch (arrakis.cli.task_commands)
 
 # -- printing ----------------------------------------------------------------------------------
 
@@ -77,7 +79,8 @@ def heads_table(
 
 def analyze(model: HookedAutoModel) -> str:
     """The main job's report: per layer write heads and head roles, the induction circuit,
-    and the read heads of the strongest induction edge's layer for its writer."""
+    the read heads of the strongest induction edge's layer for its writer, an induction flow
+    trace, and the heads a task (IOI) needs."""
     tool = WriteReadAnalyzer(model)
     c = model.cfg
     roles = tool.head_roles()  # one forward pass serves the table and the circuit
@@ -107,6 +110,8 @@ def analyze(model: HookedAutoModel) -> str:
         "",
         "information flow on repeated random tokens, after the first occurrence -> the second:",
         flow_text(flow),
+        "",
+        task_commands.analyze_task_text(model),
     ]
     return "\n".join(lines)
 
