@@ -12,6 +12,12 @@ pass with read-only hooks). The patched runs are batched: one forward pass holds
 of the example batch, copy c with its own (layer, head) patch (batch rows c*b..c*b+b-1), as
 many copies as fit the memory budget; only the logits at each row's dst are computed.
 
+Nothing before layer l changes in a copy patched at layer l, so the copies share the base run
+up to there: the heads are patched in layer order, the base run's residual stream at the input
+of each pass's first patched layer is captured once per example batch (as many layers' as fit
+the memory budget), and a pass starts there: the blocks before it are not run, each returns
+the captured states (its ``forward`` replaced for that pass only).
+
 Under grouped-query attention a k or v patch of query head h replaces the K or V of h's whole
 KV group (those heads share it). A "pattern" patch replaces the query rows of h's attention
 probabilities at the chosen positions; eager attention has no hook between softmax and
@@ -30,6 +36,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
+from arrakis.models.adapters.base import module_at
 from arrakis.models.head_channels import (
     Site,
     call_metric,
@@ -195,23 +202,30 @@ def patch_heads_exact(
     """
     model.require_forward()
     question = check_question(model, clean_ids, corrupted_ids, attention_mask, dst, channel, positions, direction)
-    todo = check_heads(model.cfg, heads)
+    todo = sorted(check_heads(model.cfg, heads))  # layer order: a pass starts at its first layer
     cfg, n, n_pos = model.cfg, question.n, question.base_ids.shape[1]
     if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
         raise ValueError(f"batch_size must be a positive int (rows per forward pass) or None; got {batch_size!r}")
     rows = batch_size or rows_per_pass(cfg, n_pos, DEFAULT_BUDGET)
     per_batch = min(n, rows)
     copies = max(1, rows // per_batch)
+    if copies > cfg.n_heads:  # whole layers per pass: each pass starts at a layer boundary
+        copies -= copies % cfg.n_heads
     out = torch.full((n, cfg.n_layers, cfg.n_heads), float("nan"))
     jobs = [(start, c) for start in range(0, n, per_batch) for c in range(0, len(todo), copies)]
-    source: tuple[int, list[Tensor]] | None = None
+    firsts = sorted({todo[c][0] for c in range(0, len(todo), copies)} - {0})  # each pass's first layer
+    per_state = 4 * per_batch * n_pos * cfg.d_model
+    kept = (
+        [firsts[i * len(firsts) // k] for i in range(k)] if (k := min(len(firsts), DEFAULT_BUDGET // per_state)) else []
+    )
+    source: tuple[int, list[Tensor], Starts] | None = None
     for start, first in progress_bar(jobs, "patching", "pass", enabled=progress):
         stop = min(n, start + per_batch)
         base, src_ids, mask, dst_b, where = question.rows(start, stop)
-        if source is None or source[0] != start:  # the source run, once per example batch
-            source = (start, source_activations(model, src_ids, mask, channel))
+        if source is None or source[0] != start:  # the source run and the base's states, once per example batch
+            source = (start, source_activations(model, src_ids, mask, channel), block_inputs(model, base, mask, kept))
         chunk = todo[first : first + copies]
-        logits = patched_copies(model, channel, base, mask, dst_b, where, source[1], chunk)  # [copies * b, d_vocab]
+        logits = patched_copies(model, channel, base, mask, dst_b, where, source[1], chunk, source[2])
         b = stop - start
         examples = torch.arange(start, stop, device=logits.device).repeat(len(chunk))
         values = call_metric(metric, logits, examples).detach().float().view(len(chunk), b).cpu()
@@ -229,10 +243,12 @@ def patched_copies(
     where: Tensor,
     source: list[Tensor],
     chunk: Sequence[tuple[int, int]],
+    starts: Starts | None = None,
 ) -> Tensor:
     """Logits at dst [len(chunk) * b, d_vocab] of the example batch ``ids`` [b, pos], copied once
     per (layer, head) of ``chunk``, copy c patched at that head from ``source`` (per layer:
-    [b, pos, head, d_head], or [b, head, query_pos, key_pos] for "pattern")."""
+    [b, pos, head, d_head], or [b, head, query_pos, key_pos] for "pattern"). With ``starts``,
+    the pass starts at the latest kept block input at or before the first head's layer."""
     b = ids.shape[0]
     plan: dict[int, list[Patch]] = {}
     for c, (layer, head) in enumerate(chunk):
@@ -242,4 +258,57 @@ def patched_copies(
     with ExitStack() as stack, torch.no_grad():
         stack.enter_context(logits_at_rows(model.hf_model, dst.repeat(len(chunk))))
         stack.enter_context(patching_hooks(model, channel, plan))
+        from_layer, state = (0, None) if starts is None else starts.at(min(layer for layer, _ in chunk))
+        if state is not None:
+            stack.enter_context(skipped_blocks(model, from_layer, state.repeat(len(chunk), 1, 1), starts.arity))
         return model.hf_model(**inputs, use_cache=False).logits[:, 0].float()
+
+
+@dataclass(frozen=True)
+class Starts:
+    """The base run's residual stream entering some blocks (layer -> [b, pos, d_model]), and the
+    form of a block's output: 0 for a tensor, else the length of the tuple it returns."""
+
+    states: dict[int, Tensor]
+    arity: int = 0
+
+    def at(self, layer: int) -> tuple[int, Tensor | None]:
+        """The latest kept block input at or before ``layer``: (its layer, states), or (0, None)."""
+        kept = max((k for k in self.states if k <= layer), default=0)
+        return kept, self.states.get(kept)
+
+
+def block_inputs(model: AttentionModel, ids: Tensor, mask: Tensor | None, layers: Sequence[int]) -> Starts:
+    """The residual stream entering each block of ``layers`` (all > 0), from one plain run."""
+    if not layers:
+        return Starts({})
+    blocks = module_at(model.hf_model, model.adapter.layers)
+    states: dict[int, Tensor] = {}
+    arity: list[int] = []
+
+    def keep(layer: int) -> Callable:
+        return lambda module, args, kwargs: states.__setitem__(layer, first_input(args, kwargs).detach())
+
+    def form(module: nn.Module, args: tuple, out: object) -> None:
+        arity.append(len(out) if isinstance(out, tuple) else 0)
+
+    with ExitStack() as stack, torch.no_grad():
+        stack.callback(blocks[0].register_forward_hook(form).remove)
+        for layer in layers:
+            stack.callback(blocks[layer].register_forward_pre_hook(keep(layer), with_kwargs=True).remove)
+        model.hf_model(**model.forward_inputs(ids, mask), use_cache=False)
+    return Starts(states, arity[0])
+
+
+@contextmanager
+def skipped_blocks(model: AttentionModel, layer: int, state: Tensor, arity: int) -> Iterator[None]:
+    """Blocks 0..layer-1 not run: each returns ``state`` (the input of block ``layer``) in the
+    form its own output has (``arity``: a tensor, or a tuple led by the hidden states); every
+    block's own forward back on exit."""
+    out = (state, *([None] * (arity - 1))) if arity else state
+    blocks = module_at(model.hf_model, model.adapter.layers)
+    with ExitStack() as stack:
+        for block in blocks[:layer]:
+            block.forward = lambda *args, **kwargs: out  # an instance attribute over the class's forward
+            stack.callback(delattr, block, "forward")
+        yield

@@ -155,6 +155,30 @@ def test_exact_patching_matches_plain_hooks(variant: str, channel: str) -> None:
             assert got[untouched].isnan().all()
 
 
+@pytest.mark.parametrize("channel", ["z", "v", "pattern"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_passes_that_start_at_a_later_layer_match_plain_hooks(variant: str, channel: str) -> None:
+    # one copy per pass (batch_size=N): each pass starts at its head's layer from the base
+    # run's captured residual stream, the blocks before it not run
+    model = shared(variant)
+    clean, corrupted, mask, dst, metric = task(model.cfg.d_vocab)
+    last = model.cfg.n_layers - 1
+    heads = [(last, 1), (1, 0), (last, 0)]
+    calls = []
+    handle = hf_attention(hf_layers(model.hf_model)[0]).register_forward_hook(lambda *a: calls.append(1))
+    try:
+        got = patch_heads_exact(model, clean, corrupted, mask, dst, metric, channel=channel, heads=heads, batch_size=N)
+    finally:
+        handle.remove()
+    where = torch.ones(N, POS, dtype=torch.bool)
+    for layer, head in heads:
+        want = reference(model, clean, corrupted, mask, dst, metric, channel, layer, head, where)
+        torch.testing.assert_close(got[:, layer, head], want, atol=1e-4, rtol=1e-4)
+    # block 0's attention ran in the source run and the base run only: every pass skipped it
+    assert len(calls) == 2
+    assert all("forward" not in block.__dict__ for block in hf_layers(model.hf_model))
+
+
 @pytest.mark.parametrize("variant", ["gpt2", "llama-mqa-bias", "gemma3", "phi3-mqa", "gpt-neox"])
 @pytest.mark.parametrize("channel", CHANNELS)
 def test_same_source_gives_the_clean_metric(variant: str, channel: str) -> None:
@@ -216,8 +240,11 @@ def test_hooks_are_removed_when_the_metric_or_forward_raises() -> None:
         patch_heads_exact(model, clean, corrupted, mask, dst, bad_metric)
     with pytest.raises(ValueError, match="metric must return one value per example"):
         patch_heads_exact(model, clean, corrupted, mask, dst, lambda logits, e: logits)
+    with pytest.raises(RuntimeError, match="boom"):
+        patch_heads_exact(model, clean, corrupted, mask, dst, bad_metric, heads=[(1, 0)], batch_size=N)
     for module in model.hf_model.modules():
         assert not module._forward_hooks and not module._forward_pre_hooks
+        assert "forward" not in module.__dict__  # the skipped blocks run again
 
 
 @pytest.mark.parametrize(
