@@ -91,7 +91,7 @@ def task_patching(model: HookedAutoModel, task: Task | None = None, k: int = 5) 
     patched = patch_heads_exact(
         model, task.clean_ids, task.corrupted_ids, task.attention_mask, task.dst, task.metric, channel="z", heads=top
     )
-    drops = (task.values(model, "clean")[:, None, None] - patched).mean(0)
+    drops = result.clean_metric - patched.mean(0)  # the mean drop: m_clean - m_patched
     return TaskPatching(task, accuracy, result, {head: float(drops[head]) for head in top})
 
 
