@@ -1,0 +1,74 @@
+"""Exact patching and its estimates on the embedded model, for an IOI and an induction task.
+
+Exact patching runs on 60 heads (the 30 with the largest attribution estimates and 30 others
+drawn at random) to stay short. Measured (3 examples each, z, all positions, noising):
+attribution against exact Spearman 0.93 (IOI) and 0.79 (induction, log p: saturated);
+integrated (3 steps) summed over every head -3.82 against the exact all-heads patch -3.81 (IOI)
+and -11.16 against -11.01 (induction).
+"""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from arrakis import load_model, tasks
+from arrakis.circuits.attribution import spearman
+from arrakis.models.activation_patching import patch_heads_exact, run_with_patches
+from arrakis.models.patching_gradients import patch_heads_estimate
+from tests.models.test_activation_patching import reference
+
+pytestmark = pytest.mark.slow
+FLOORS = {"ioi": 0.8, "induction": 0.6}  # measured 0.93 and 0.79
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_model()
+
+
+def make_task(model, name: str):
+    return tasks.ioi(model, 3) if name == "ioi" else tasks.induction(model, 3, seq_len=30)
+
+
+@pytest.mark.parametrize("name", ["ioi", "induction"])
+def test_estimates_against_exact_patching(model, name: str) -> None:
+    cfg, task = model.cfg, make_task(model, name)
+    args = (model, task.clean_ids, task.corrupted_ids, task.attention_mask, task.dst, task.metric)
+    clean = task.values(model, "clean")
+    attribution = patch_heads_estimate(*args, method="attribution").mean(0).flatten()
+    order = attribution.abs().argsort(descending=True).tolist()
+    chosen = order[:30] + random.Random(0).sample(order[30:], 30)
+    exact = patch_heads_exact(*args, heads=[divmod(i, cfg.n_heads) for i in chosen])
+    change = (exact - clean[:, None, None]).mean(0).flatten()
+    rho = spearman(attribution[chosen], change[chosen])
+    print(f"{name}: attribution vs exact over {len(chosen)} heads, Spearman {rho:.3f}")
+    assert rho >= FLOORS[name]
+
+    # completeness: integrated's estimates over every head add up to every head patched at once
+    integrated = patch_heads_estimate(*args, method="integrated", steps=3).mean(0)
+    _, cache = model.run_with_cache(task.corrupted_ids, attention_mask=task.attention_mask)
+    patches = {(i, h): cache["z", i][:, :, h] for i in range(cfg.n_layers) for h in range(cfg.n_heads)}
+    logits = run_with_patches(model, task.clean_ids, task.attention_mask, patches, channel="z")
+    rows = torch.arange(task.n)
+    joint = float((task.metric(logits[rows, task.dst], rows) - clean).mean())
+    print(f"{name}: integrated sum {float(integrated.sum()):.3f}, all heads patched {joint:.3f}")
+    assert abs(joint) > 1.0  # the corruption moves the metric, so the comparison means something
+    assert abs(float(integrated.sum()) - joint) <= 0.1 * abs(joint)
+
+
+def test_one_head_equals_plain_hooks(model) -> None:
+    task = tasks.ioi(model, 3)
+    layer, head = model.cfg.n_layers - 3, 4  # a late head: its pass starts from the captured residual
+    got = patch_heads_exact(
+        model, task.clean_ids, task.corrupted_ids, task.attention_mask, task.dst, task.metric, heads=[(layer, head)]
+    )
+    where = torch.ones_like(task.clean_ids, dtype=torch.bool)
+    want = reference(
+        model, task.clean_ids, task.corrupted_ids, task.attention_mask, task.dst, task.metric, "z", layer, head, where
+    )
+    torch.testing.assert_close(got[:, layer, head], want, atol=1e-3, rtol=1e-3)
+    clean = task.values(model, "clean")
+    assert (want - clean).abs().max() > 1e-4  # the patch changes the metric
