@@ -7,6 +7,7 @@ from benchmarks import (
     bench_hooked_forward,
     bench_information_flow,
     bench_large_checkpoints,
+    bench_patching,
 )
 
 if __name__ == "__main__":
@@ -15,4 +16,5 @@ if __name__ == "__main__":
     bench_information_flow.main()
     bench_batches.main()
     bench_attribution.main()
+    bench_patching.main()
     bench_large_checkpoints.main()
