@@ -35,8 +35,8 @@ MAX_EDGES = 400  # edges kept for the graph and the plot, strongest first
 SATURATED = math.log(0.9)  # log p above this: the first order understates large drops (measured on SmolLM2)
 NOTES = {
     "attribution": "head scores are first-order (attribution) estimates of the drop in the metric when the head's "
-    "dst <- src edge is knocked out (the row renormalised); per-layer and all-layer values are estimates "
-    "(first order: sums of the heads'); verify=True computes them exactly",
+    "dst <- src edge is knocked out (the row renormalised); per-layer and all-layer values are first-order "
+    "estimates (sums of the heads') unless verified: with verify=True they are the exact knockouts",
     "integrated": "head scores are integrated-gradient estimates (the knockout scaled along alpha, {steps} steps): "
     "each head's share of the drop when the dst <- src edge is knocked out in every head of every analysed "
     "layer at once; a layer's estimate is its part of that joint drop, not the layer knocked out alone; "
