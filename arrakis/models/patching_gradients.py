@@ -30,8 +30,8 @@ through z = A v as in the exact patch. The gradients of all layers come from one
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
 from typing import Any
 
 import torch
@@ -52,6 +52,7 @@ from arrakis.models.head_channels import (
 )
 from arrakis.models.hook_capture import read_pattern
 from arrakis.models.interventions import DEFAULT_BUDGET, AttentionModel
+from arrakis.models.pattern_gradients import frozen_parameters
 from arrakis.progress import progress as progress_bar
 
 METHODS = ("attribution", "integrated")
@@ -104,19 +105,6 @@ def patch_heads_estimate(
             for k in range(steps):
                 out[start:stop] += run.integrated_step(base_values, source, (k + 0.5) / steps) / steps
     return out
-
-
-@contextmanager
-def frozen_parameters(hf_model: nn.Module) -> Iterator[None]:
-    """No parameter keeps a graph or gets a gradient inside; their flags restored after."""
-    flags = [(p, p.requires_grad) for p in hf_model.parameters()]
-    try:
-        for param, _ in flags:
-            param.requires_grad_(False)
-        yield
-    finally:
-        for param, flag in flags:
-            param.requires_grad_(flag)
 
 
 class Run:

@@ -25,8 +25,8 @@ effect of the joint knockout as the steps grow).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
 import torch
@@ -37,6 +37,19 @@ from arrakis.models.hook_capture import read_input, read_pattern
 from arrakis.models.interventions import AttentionModel, logits_at
 
 EPS = 1e-6  # a and 1 - a are clamped here: an edge with none or all of its row's attention
+
+
+@contextmanager
+def frozen_parameters(hf_model: nn.Module) -> Iterator[None]:
+    """No parameter keeps a graph or gets a gradient inside; their flags restored after."""
+    flags = [(p, p.requires_grad) for p in hf_model.parameters()]
+    try:
+        for param, _ in flags:
+            param.requires_grad_(False)
+        yield
+    finally:
+        for param, flag in flags:
+            param.requires_grad_(flag)
 
 
 def graph_starter(leaf: list[Tensor]) -> Callable:
@@ -95,11 +108,8 @@ def pattern_gradients(
 
         return hook
 
-    flags = [(p, p.requires_grad) for p in model.hf_model.parameters()]
     with ExitStack() as stack:
-        for param, flag in flags:
-            param.requires_grad_(False)
-            stack.callback(param.requires_grad_, flag)
+        stack.enter_context(frozen_parameters(model.hf_model))
         stack.enter_context(logits_at(model.hf_model, position))
         handle = blocks[first].register_forward_pre_hook(start_graph, with_kwargs=True)
         stack.callback(handle.remove)
@@ -215,11 +225,8 @@ def _scaled_pass(
 
     start_graph = graph_starter(leaf)
 
-    flags = [(p, p.requires_grad) for p in model.hf_model.parameters()]
     with ExitStack() as stack:
-        for param, flag in flags:
-            param.requires_grad_(False)
-            stack.callback(param.requires_grad_, flag)
+        stack.enter_context(frozen_parameters(model.hf_model))
         stack.enter_context(logits_at(model.hf_model, dst))
         stack.callback(blocks[layers[0]].register_forward_pre_hook(start_graph, with_kwargs=True).remove)
         for layer in layers:

@@ -20,7 +20,7 @@ from typing import Any
 
 from arrakis.models import HookedAutoModel
 from arrakis.models.activation_patching import patch_heads_exact
-from arrakis.models.head_channels import CHANNELS, DIRECTIONS
+from arrakis.models.head_channels import CHANNELS, DIRECTIONS, position_mask_of
 from arrakis.models.patching_gradients import patch_heads_estimate
 from arrakis.tasks import Task
 from arrakis.tools.base import BaseInterpretabilityTool, check_choice, check_positive_int
@@ -102,14 +102,10 @@ def check_patching(
     n_pos = int(task.clean_ids.shape[1])
     if isinstance(positions, str):
         positions = check_choice(positions, ("all", "dst"), "positions")
-    elif isinstance(positions, list | tuple) and positions:
-        for p in positions:
-            if isinstance(p, bool) or not isinstance(p, numbers.Integral) or not -n_pos <= p < n_pos:
-                raise ValueError(
-                    f"positions: {p!r} is not a position of this task's prompts ({n_pos} positions, "
-                    f"ints {-n_pos} to {n_pos - 1}); or use 'all' or 'dst'"
-                )
-        positions = sorted({int(p) % n_pos for p in positions})
+    elif isinstance(positions, list | tuple):
+        given = [int(p) if isinstance(p, numbers.Integral) and not isinstance(p, bool) else p for p in positions]
+        position_mask_of(given, task.dst, n_pos)  # the engine's own check: a non-empty list of ints in range
+        positions = sorted({p % n_pos for p in given})
     else:
         raise ValueError(f"positions must be 'all', 'dst' or a non-empty list of ints; got {positions!r}")
     return channel, positions, method, direction, steps
