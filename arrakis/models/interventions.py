@@ -154,19 +154,39 @@ def _copies_hook(n_heads: int, rows: list[list[Edge]], n_prefix: int) -> Callabl
     edges are blocked, per head."""
 
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        mask = _additive_mask(kwargs)
-        row = mask[0, 0, 0, : n_prefix + 1]  # what a query at position n_prefix may see
-        n_copies, blocked = len(rows), torch.finfo(mask.dtype).min
-        copies = torch.arange(n_copies, device=mask.device)
-        new = torch.full((1, n_heads, n_copies, n_prefix + n_copies), blocked, dtype=mask.dtype, device=mask.device)
-        new[..., :n_prefix] = row[:n_prefix]
-        new[0, :, copies, n_prefix + copies] = row[n_prefix]
+        new = copies_mask(kwargs, n_heads, len(rows), n_prefix)
+        blocked = torch.finfo(new.dtype).min
         for b, edges in enumerate(rows):
             for head, _, key in edges:
                 new[0, slice(None) if head is None else head, b, key if key < n_prefix else n_prefix + b] = blocked
         return args, {**kwargs, "attention_mask": new}
 
     return hook
+
+
+def copies_mask(kwargs: dict, n_heads: int, n_copies: int, n_prefix: int) -> Tensor:
+    """The additive mask [1, head, copy, n_prefix + n_copies] of ``n_copies`` copies of the token at
+    position ``n_prefix`` run as the query tokens of one sequence after the prefix's cache: each
+    copy sees the prefix as the model's own mask (in ``kwargs``) lets a query at ``n_prefix`` see it
+    (causality, sliding windows), and its own key, never the other copies."""
+    mask = _additive_mask(kwargs)
+    row = mask[0, 0, 0, : n_prefix + 1]  # what a query at position n_prefix may see
+    copies = torch.arange(n_copies, device=mask.device)
+    blocked = torch.finfo(mask.dtype).min
+    new = torch.full((1, n_heads, n_copies, n_prefix + n_copies), blocked, dtype=mask.dtype, device=mask.device)
+    new[..., :n_prefix] = row[:n_prefix]
+    new[0, :, copies, n_prefix + copies] = row[n_prefix]
+    return new
+
+
+def prefix_cache(model: AttentionModel, input_ids: Tensor, n_prefix: int) -> tuple[DynamicCache, str]:
+    """The key/value cache of ``input_ids[:, :n_prefix]`` (every key, also in sliding-window
+    layers: mask columns stay positions), computed without a graph, and the keyword the model
+    takes it by."""
+    cache, cache_arg = DynamicCache(), _cache_argument(model.hf_model)
+    with torch.no_grad():
+        model.hf_model(input_ids=input_ids[:, :n_prefix], use_cache=True, **{cache_arg: cache})
+    return cache, cache_arg
 
 
 @contextmanager
@@ -253,18 +273,14 @@ def knockout_logits(
     layers = module_at(model.hf_model, model.adapter.layers)
     out = []
     with torch.no_grad():
-        prefix_cache, cache_arg = None, _cache_argument(model.hf_model)
-        if first > 0:
-            # a cache of every key, also in sliding-window layers: mask columns stay positions
-            prefix_cache = DynamicCache()
-            model.hf_model(input_ids=input_ids[:, :first], use_cache=True, **{cache_arg: prefix_cache})
+        prefix, cache_arg = prefix_cache(model, input_ids, first) if first > 0 else (None, "")
         starts = range(0, len(plans), batch)
         for start in progress_bar(starts, "knockouts", "batch", enabled=progress and len(starts) >= 4):
             chunk = plans[start : start + batch]
             ids = input_ids[:, first : position + 1].expand(len(chunk), -1)
             cache = None
-            if prefix_cache is not None:
-                cache = copy.deepcopy(prefix_cache)
+            if prefix is not None:
+                cache = copy.deepcopy(prefix)
                 cache.batch_repeat_interleave(len(chunk))
             with ExitStack() as stack:
                 stack.enter_context(logits_at(model.hf_model, n_run - 1))
@@ -302,9 +318,8 @@ def _knockout_copies(
     batch = max(1, min(len(plans), MAX_COPIES, budget // per_copy))
     layers = module_at(model.hf_model, model.adapter.layers)
     out = []
+    cache, cache_arg = prefix_cache(model, input_ids, position)
     with torch.no_grad():
-        prefix_cache, cache_arg = DynamicCache(), _cache_argument(model.hf_model)  # every key, also when sliding
-        model.hf_model(input_ids=input_ids[:, :position], use_cache=True, **{cache_arg: prefix_cache})
         starts = range(0, len(plans), batch)
         for start in progress_bar(starts, "knockouts", "batch", enabled=progress and len(starts) >= 4):
             chunk = plans[start : start + batch]
@@ -316,7 +331,7 @@ def _knockout_copies(
                     handle = attn.register_forward_pre_hook(_copies_hook(cfg.n_heads, rows, position), with_kwargs=True)
                     stack.callback(handle.remove)
                 kwargs = {
-                    cache_arg: copy.deepcopy(prefix_cache) if len(starts) > 1 else prefix_cache,
+                    cache_arg: copy.deepcopy(cache) if len(starts) > 1 else cache,
                     "position_ids": torch.full_like(ids, position),
                     "use_cache": True,
                 }

@@ -3,13 +3,15 @@ information from src to dst that dst's prediction needs, estimated for every att
 from one forward and one backward pass (the mathematics: ``arrakis.circuits.attribution``;
 docs/mathematics.md#information-flow).
 
-``method="integrated"`` then integrates the gradient along the knockout scaled by alpha,
-A + alpha dA, at ``steps`` midpoints (``arrakis.models.pattern_gradients.scaled_edge_gradients``):
-the dst <- src edge is scaled in every head of every analysed layer at once, so each head's
-score is its share of that joint knockout and the shares add up to the joint effect (the
-all-layers estimate). A layer's value is its heads' shares: its part of the joint knockout,
-not that layer knocked out alone (one batch row per layer would give that, at n_layers
-times the cost; verify=True gives it exactly).
+``method="integrated"`` then integrates the gradient along each knockout scaled by alpha,
+A + alpha dA, at ``steps`` Gauss-Legendre nodes (``arrakis.models.scaled_knockouts``), with
+one path per knockout the result prints: each head's dst <- src edge alone (its score), each
+layer's edges together (the layer's value) and every analysed layer's at once (the
+all-layers value). Each number therefore estimates the very knockout it names, never a sum
+of other knockouts' estimates; as steps grow it converges to that knockout's exact drop. The
+all-layers path also splits the joint drop into each head's share (``joint_share``): where
+heads are redundant, a head's share of the joint knockout is large while its own knockout
+is small.
 
 The gradient pass runs on the prompt up to dst (later positions cannot change dst's logits)
 and keeps, per layer, only the edge estimates between src and dst: [head, rows, rows] with
@@ -26,7 +28,8 @@ from torch import Tensor
 
 from arrakis.circuits.attribution import edge_attributions, strongest_routes
 from arrakis.models import HookedAutoModel
-from arrakis.models.pattern_gradients import pattern_gradients, scaled_edge_gradients
+from arrakis.models.pattern_gradients import pattern_gradients
+from arrakis.models.scaled_knockouts import scaled_edge_gradients
 from arrakis.tools.flow_question import FlowMetric, build_flow
 from arrakis.tools.results.flow import FlowEdge, FlowPath, HeadFlow, Hop, InformationFlow, LayerFlow
 
@@ -37,10 +40,10 @@ NOTES = {
     "attribution": "head scores are first-order (attribution) estimates of the drop in the metric when the head's "
     "dst <- src edge is knocked out (the row renormalised); per-layer and all-layer values are first-order "
     "estimates (sums of the heads') unless verified: with verify=True they are the exact knockouts",
-    "integrated": "head scores are integrated-gradient estimates (the knockout scaled along alpha, {steps} steps): "
-    "each head's share of the drop when the dst <- src edge is knocked out in every head of every analysed "
-    "layer at once; a layer's estimate is its part of that joint drop, not the layer knocked out alone; "
-    "verify=True computes each layer's knockout exactly",
+    "integrated": "integrated-gradient estimates ({steps} steps), each along its own scaled knockout: a head's "
+    "score estimates its dst <- src edge knocked out alone, a layer's value that layer's edges knocked out "
+    "together, the all-layers value every analysed layer's at once (not sums of the heads'); verify=True "
+    "computes them exactly",
 }
 
 
@@ -120,15 +123,23 @@ def integrate(
     layer_flows: list[LayerFlow],
     steps: int,
 ) -> float:
-    """Replace ``layer_flows``' first-order scores by integrated ones (kept as ``first_order``);
-    returns the integrated estimate of knocking out dst <- src in every analysed layer at once."""
-    rows = [[lf.layer for lf in layer_flows]]  # one row: every analysed layer's edge scaled together
-    _, shares = scaled_edge_gradients(model, ids, metric, edge, clean, rows, steps)  # [row, layer, head]
-    for lf in layer_flows:
+    """Replace ``layer_flows``' first-order scores by integrated ones (kept as ``first_order``):
+    one path per head, per layer and for every layer at once; returns the all-layers estimate."""
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    layers = [lf.layer for lf in layer_flows]
+    rows = torch.zeros(len(layers) * n_heads + len(layers) + 1, n_layers, n_heads, dtype=torch.bool)
+    for index, layer in enumerate(layers):
+        rows[index * n_heads + torch.arange(n_heads), layer, torch.arange(n_heads)] = True  # each head alone
+        rows[len(layers) * n_heads + index, layer] = True  # the layer's heads together
+    rows[-1, layers] = True  # every analysed layer at once
+    _, shares = scaled_edge_gradients(model, ids, metric.of_clean, edge, clean, rows, steps, progress=True)
+    drops = shares.sum((1, 2))  # each row's estimated drop
+    for index, lf in enumerate(layer_flows):
         for head in lf.heads:
-            head.first_order, head.score = head.score, float(shares[0, lf.layer, head.head])
-        lf.estimate = lf.flow = float(shares[0, lf.layer].sum())
-    return float(shares[0].sum())
+            head.first_order, head.score = head.score, float(drops[index * n_heads + head.head])
+            head.joint_share = float(shares[-1, lf.layer, head.head])
+        lf.estimate = lf.flow = float(drops[len(layers) * n_heads + index])
+    return float(drops[-1])
 
 
 def strongest_edges(edges: list[Tensor], layers: list[int], src: int, min_share: float) -> list[FlowEdge]:

@@ -160,6 +160,7 @@ def mean_layer(per: list[LayerFlow]) -> LayerFlow:
             score=mean([p.heads[k].score for p in per]),
             exact=mean_or_none([p.heads[k].exact for p in per]),
             first_order=mean_or_none([p.heads[k].first_order for p in per]),
+            joint_share=mean_or_none([p.heads[k].joint_share for p in per]),
         )
         for k, h in enumerate(per[0].heads)
     ]

@@ -241,8 +241,10 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
         order from one forward and one backward pass (attribution patching); the result is
         the list of per-layer sums f_l, with ``head_scores``, ``top_heads`` (positive: the
         head carries what m needs), ``suppressors`` and routes src -> ... -> dst ranked by
-        their weakest edge. ``method="integrated"``: the gradient integrated along the scaled
-        knockout A + alpha dA (``steps`` passes), for where log p is saturated. ``method="routes"``:
+        their weakest edge. ``method="integrated"``: the gradient integrated along each scaled
+        knockout A + alpha dA (``steps`` Gauss-Legendre nodes), one path per head, per layer and for
+        all layers, so each number estimates its own knockout, also where log p is saturated;
+        ``HeadFlow.joint_share`` is the head's share of the all-layers drop. ``method="routes"``:
         Information Flow Routes (Ferrando & Voita 2024), for comparison.
 
         ``verify=True``: exact knockouts (batched) of the top heads', each layer's and all layers'

@@ -56,6 +56,7 @@ class HeadFlow:
     importance_total: float | None = None  # routes: of all of the head's parts at dst (every key)
     carried: float | None = None  # routes: sum_j importance[h, dst, j] * f_prev(j)
     first_order: float | None = None  # integrated: the first-order estimate, for comparison
+    joint_share: float | None = None  # integrated: its share of every analysed layer's edge knocked out at once
 
 
 @dataclass
