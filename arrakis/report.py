@@ -77,7 +77,7 @@ class TaskPatching:
 def demo_task(model: HookedAutoModel, n: int = 8) -> Task:
     """The demos' task: IOI (a model with a tokenizer), else induction on 30-token halves."""
     if model.tokenizer is None:
-        return induction(model, n=n, seq_len=min(30, max(3, (model.cfg.n_ctx or 64) // 2 - 1)))
+        return induction(model, n=n)
     return ioi(model, n=n)
 
 

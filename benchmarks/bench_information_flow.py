@@ -11,6 +11,7 @@ generator), src at position 5, dst the last position. Measured, as multiples of 
   ``knockout_logits`` (the clean prefix once, then one token per knocked-out copy); goal:
   at most 3 forward passes; and what ``verify=True`` adds to the trace (its knockouts: top
   heads, suppressors, every layer, all layers);
+- the integrated trace (``method="integrated"``, 5 steps), once;
 - every head's edge (270 knockouts), batched two ways: a batch row per copy (each with its
   own copy of the prefix's key/value cache; the baseline), and copies as query tokens of one
   sequence over one prefix cache, each masked from the others (what ``knockout_logits`` does
@@ -143,6 +144,11 @@ def bench_attribution(model, tool: WriteReadAnalyzer, n_tokens: int) -> None:
     )
     rho = verified.verification["spearman_heads"]
     print(f"  top heads {flow.top_heads[:3]}, Spearman (estimate vs exact, verified heads) {_num(rho)}")
+    _, t_ig, m_ig = measure(lambda: tool.trace_information_flow(ids, src_pos=SRC, dst_pos=dst, method="integrated"))
+    print(
+        f"  integrated trace, 5 steps      {_ms(t_ig)}   peak extra {_mib(m_ig)}   x{t_ig / t_fwd:.2f} the forward "
+        "pass (a path per head, per layer and for all layers: 5 forward and backward passes over their copies)"
+    )
 
 
 def bench_every_head(model, n_tokens: int, one_at_a_time: bool) -> None:

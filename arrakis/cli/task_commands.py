@@ -11,14 +11,12 @@ from arrakis.models import HookedAutoModel, load_model
 from arrakis.tasks import Task, induction, ioi
 from arrakis.tools import WriteReadAnalyzer
 
-INDUCTION_SEQ_LEN = 30  # tokens per half: the embedded model completes ~75% of these (19% at 10)
-
 
 def build_task(model: HookedAutoModel, name: str, n: int, seed: int = 0) -> Task:
     """``arrakis.tasks.ioi`` or ``arrakis.tasks.induction`` (30-token halves) with ``n`` examples."""
     if name == "ioi":
         return ioi(model, n, seed)
-    return induction(model, n, seq_len=INDUCTION_SEQ_LEN, seed=seed)
+    return induction(model, n, seed=seed)
 
 
 def task_line(task: Task, accuracy: float) -> str:

@@ -11,16 +11,16 @@ methods return, per example, layer and head, an estimated change of m:
   with dm/dx the gradient through the unmodified model (every later head responds), from one
   base forward and backward pass and one source forward pass;
 - ``"integrated"`` (integrated gradients along the patch, as EAP-IG, Hanna et al. 2024): every
-  head's channel, in every layer at once, is set to x_base + alpha (x_src - x_base) at the
-  midpoints alpha = (k + 1/2) / steps, and
+  head's channel, in every layer at once, is set to x_base + alpha (x_src - x_base) at
+  ``steps`` Gauss-Legendre nodes alpha_k with weights w_k (summing to 1), and
 
-      est[h] = (x_src - x_base) * mean over alpha of dm/dx |x(alpha)
+      est[h] = (x_src - x_base) * sum_k w_k dm/dx |x(alpha_k)
 
   where dm/dx is taken with the other set channels held where they are set (they are
   inputs of the patched run, not functions of x). By completeness the estimates of all heads
   and positions add up to the change when every head's channel is patched at once (up to
-  the midpoint rule's error, which falls as 1/steps^2); each head's estimate is its share of
-  that joint change, and stays right where m saturates and first order fails.
+  the quadrature's error); each head's estimate is its share of that joint change, which is
+  not its own patch's effect where heads are redundant (docs/mathematics.md).
 
 Under grouped-query attention a k or v estimate is that of the whole KV group (as the exact
 patch). "pattern": x is the head's attention probabilities at the chosen query rows, written
@@ -53,6 +53,7 @@ from arrakis.models.head_channels import (
 from arrakis.models.hook_capture import read_pattern
 from arrakis.models.interventions import DEFAULT_BUDGET, AttentionModel
 from arrakis.models.pattern_gradients import frozen_parameters
+from arrakis.models.scaled_knockouts import quadrature
 from arrakis.progress import progress as progress_bar
 
 METHODS = ("attribution", "integrated")
@@ -102,8 +103,8 @@ def patch_heads_estimate(
             out[start:stop] = run.attribution(source)
         else:
             base_values = source_activations(model, base, mask, channel)
-            for k in range(steps):
-                out[start:stop] += run.integrated_step(base_values, source, (k + 0.5) / steps) / steps
+            for alpha, weight in zip(*quadrature(steps), strict=True):
+                out[start:stop] += weight * run.integrated_step(base_values, source, alpha)
     return out
 
 

@@ -45,21 +45,26 @@ def ordinary_tokens(model: HookedAutoModel, size: int, rng: random.Random) -> li
     return sorted(chosen)
 
 
-def induction(model: HookedAutoModel, n: int = 32, seq_len: int = 10, seed: int = 0) -> Task:
-    """``n`` repeated-random-token prompts of ``seq_len`` tokens per half (BOS first where the
-    tokenizer has one), each cut at a random point j in the second half (seq_len // 2 <= j
-    <= seq_len - 2, so prompts differ in length and run padded). answer = A[j + 1], src =
-    its position in the first half, dst = the last token; corrupted: a different first half.
-    Seeded: the same seed gives the same task.
+SEQ_LEN = 30  # the default tokens per half: the embedded model completes 75% of these prompts (19% at 10)
+
+
+def induction(model: HookedAutoModel, n: int = 32, seq_len: int | None = None, seed: int = 0) -> Task:
+    """``n`` repeated-random-token prompts of ``seq_len`` tokens per half (default 30, or what
+    the model's context allows; BOS first where the tokenizer has one), each cut at a random
+    point j in the second half (seq_len // 2 <= j <= seq_len - 2, so prompts differ in length
+    and run padded). answer = A[j + 1], src = its position in the first half, dst = the last
+    token; corrupted: a different first half. Seeded: the same seed gives the same task.
     """
     if not isinstance(model, HookedAutoModel):
         raise TypeError(f"induction needs a HookedAutoModel, got {type(model).__name__}")
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be a positive int (examples), got {n!r}")
-    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 3:
-        raise ValueError(f"seq_len must be an int >= 3 (tokens per half), got {seq_len!r}")
     tokenizer: Any = model.tokenizer
     bos = [] if tokenizer is None or tokenizer.bos_token_id is None else [int(tokenizer.bos_token_id)]
+    if seq_len is None:
+        seq_len = SEQ_LEN if model.cfg.n_ctx is None else max(3, min(SEQ_LEN, (model.cfg.n_ctx - len(bos)) // 2))
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 3:
+        raise ValueError(f"seq_len must be an int >= 3 (tokens per half), got {seq_len!r}")
     if model.cfg.n_ctx is not None and len(bos) + 2 * seq_len > model.cfg.n_ctx:
         raise ValueError(f"seq_len {seq_len} makes prompts longer than this model's context of {model.cfg.n_ctx}")
     rng = random.Random(seed)

@@ -31,5 +31,5 @@ def test_the_model_does_ioi_and_the_abc_twins_remove_it(smollm):
 def test_the_model_copies_repeated_tokens_and_the_changed_first_half_removes_it(smollm):
     task = induction(smollm, n=16, seq_len=10, seed=0)
     assert task.clean_metric - task.corrupted_metric > 5.0  # log p: e^5 times likelier with the pattern
-    longer = induction(smollm, n=16, seq_len=30, seed=0)
-    assert longer.accuracy() >= 0.6
+    default = induction(smollm, n=16, seed=0)  # 30 tokens a half: the model gets most of them right
+    assert default.clean_ids.shape[1] >= 1 + 30 + 16 and default.accuracy() >= 0.6
