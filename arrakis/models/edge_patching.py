@@ -50,7 +50,7 @@ _MLP_NORMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> 
 
 
 def sender_outputs(model: HookedAutoModel, ids: Tensor, mask: Tensor | None) -> Tensor:
-    """Every sender's output as it enters the residual stream, [batch, pos, sender, d_model]
+    """Every sender's output as it enters the residual stream, [batch, sender, pos, d_model]
     in the graph's sender order (embed; per layer its heads, then its MLP), float32."""
     cfg = model.cfg
     names = ["blocks.0.hook_resid_pre"]
@@ -60,12 +60,12 @@ def sender_outputs(model: HookedAutoModel, ids: Tensor, mask: Tensor | None) -> 
             names.append(f"blocks.{layer}.ln1_post.hook_in")
     with torch.no_grad():
         _, cache = model.run_with_cache(ids, names, attention_mask=mask)
-    parts = [cache["blocks.0.hook_resid_pre"].float()[:, :, None]]
+    parts = [cache["blocks.0.hook_resid_pre"].float()[:, None]]
     for layer in range(cfg.n_layers):
         post = cache[f"blocks.{layer}.ln1_post.hook_in"] if cfg.attn_post_norm else None
-        parts.append(model.head_outputs(layer, cache[f"blocks.{layer}.attn.hook_z"], post)[0])
-        parts.append(cache[f"blocks.{layer}.hook_mlp_out"].float()[:, :, None])
-    return torch.cat(parts, 2)
+        parts.append(model.head_outputs(layer, cache[f"blocks.{layer}.attn.hook_z"], post)[0].transpose(1, 2))
+        parts.append(cache[f"blocks.{layer}.hook_mlp_out"].float()[:, None])
+    return torch.cat(parts, 1)
 
 
 def mlp_norms(model: HookedAutoModel) -> list[nn.Module | None]:
@@ -134,7 +134,7 @@ def _keep_input(store: dict[str, Tensor]) -> Callable:
 class EdgePass:
     """One forward pass of ``model`` with every receiver's input rebuilt (the module doc).
 
-    ``source`` [rows, pos, sender, d_model] and ``patched`` [rows, sender, receiver] (0/1
+    ``source`` [rows, sender, pos, d_model] and ``patched`` [rows, sender, receiver] (0/1
     float) give the patched edges of each row; both None: nothing patched. ``leaves``: add a
     zero leaf (requiring grad) to every receiver input, kept in ``self.leaves`` per receiver
     group ("heads", layer) [rows, pos, receivers, d_model], ("mlp", layer) and ("logits", 0)
@@ -156,7 +156,7 @@ class EdgePass:
         self.source, self.patched = source, patched
         self.make_leaves, self.embed_shift = leaves, embed_shift
         self.leaves: dict[tuple[str, int], Tensor] = {}
-        self.diff: Tensor | None = None  # [rows, pos, sender, d_model]: source - run, filled as the pass goes
+        self.diff: Tensor | None = None  # [rows, sender, pos, d_model]: source - run, filled as the pass goes
         self.resid: dict[str, Tensor] = {}
         self.head_inputs: dict[int, dict[str, Tensor]] = {}
         n_heads, n_kv = self.cfg.n_heads, self.cfg.n_kv_heads
@@ -178,17 +178,21 @@ class EdgePass:
 
     # -- the receiver inputs ----------------------------------------------------------------
 
-    def rebuilt(self, resid: Tensor, columns: slice | int, key: tuple[str, int]) -> Tensor:
+    def rebuilt(self, resid: Tensor, columns: slice | int, key: tuple[str, int], upstream: int) -> Tensor:
         """resid [rows, pos, d] plus the patched senders' differences for the receivers at
-        ``columns`` (a slice: [rows, pos, receivers, d]; an int: [rows, pos, d]), plus a leaf."""
+        ``columns`` (a slice: [rows, pos, receivers, d]; an int: [rows, pos, d]), plus a leaf;
+        only the first ``upstream`` senders can write before these receivers read."""
         many = isinstance(columns, slice)
         x = resid[:, :, None] if many else resid
         if self.patched is not None and self.diff is not None:
-            weights = self.patched[:, :, columns]  # [rows, sender, receivers] or [rows, sender]
-            if many:
-                x = x + torch.einsum("bpsd,bsr->bprd", self.diff.to(resid.dtype), weights.to(resid.dtype))
-            else:
-                x = x + torch.einsum("bpsd,bs->bpd", self.diff.to(resid.dtype), weights.to(resid.dtype))
+            weights = self.patched[:, :upstream, columns]  # [rows, sender, receivers] or [rows, sender]
+            if not many:
+                weights = weights[..., None]
+            rows, _, n_pos, d = self.diff.shape
+            diff = self.diff[:, :upstream].reshape(rows, upstream, n_pos * d)
+            moved = torch.bmm(weights.transpose(1, 2).to(diff.dtype), diff)  # [rows, receivers, pos * d]
+            moved = moved.view(rows, -1, n_pos, d).transpose(1, 2).to(resid.dtype)  # [rows, pos, receivers, d]
+            x = x + (moved if many else moved[:, :, 0])
         elif many:
             x = x.expand(-1, -1, columns.stop - columns.start, -1)
         if self.make_leaves:
@@ -203,7 +207,9 @@ class EdgePass:
             return
         if self.diff is None:
             self.diff = torch.zeros_like(self.source)
-        self.diff[:, :, senders] = self.source[:, :, senders] - run.detach().float()
+        if isinstance(senders, slice):  # heads: run [rows, pos, heads, d]
+            run = run.transpose(1, 2)
+        self.diff[:, senders] = self.source[:, senders] - run.detach().float()
 
     # -- the hooks --------------------------------------------------------------------------
 
@@ -258,7 +264,7 @@ class EdgePass:
         """The normalised input of every head receiver of ``layer``, per channel:
         [rows, pos, heads of the channel, d_model]."""
         if layer not in self.head_inputs:
-            x = self.rebuilt(self.resid["pre"], self.receivers(layer), ("heads", layer))
+            x = self.rebuilt(self.resid["pre"], self.receivers(layer), ("heads", layer), self.head_senders(layer).start)
             if ln1 is not None:
                 x = ln1.forward(x)  # forward(): no hooks of its own run on the rebuilt inputs
             n_q, n_kv = self.sizes["q"], self.sizes["k"]
@@ -314,7 +320,7 @@ class EdgePass:
 
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
             resid = self.resid["pre"] if self.cfg.parallel_residual else self.resid["mid"]
-            x = self.rebuilt(resid, receiver, ("mlp", layer))
+            x = self.rebuilt(resid, receiver, ("mlp", layer), self.mlp_sender(layer))
             return replace_input(args, kwargs, norm.forward(x) if norm is not None else x)
 
         return hook
@@ -329,6 +335,7 @@ class EdgePass:
         receiver = len(self.graph.receivers) - 1
 
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-            return replace_input(args, kwargs, self.rebuilt(first_input(args, kwargs), receiver, ("logits", 0)))
+            x = self.rebuilt(first_input(args, kwargs), receiver, ("logits", 0), len(self.graph.senders))
+            return replace_input(args, kwargs, x)
 
         return hook

@@ -153,18 +153,18 @@ def edge_scores(
         mask = None if rows.mask is None else rows.mask[start:stop]
         source = sender_outputs(model, rows.corrupted[start:stop], mask)
         diff = source - sender_outputs(model, rows.clean[start:stop], mask)
-        grads = torch.zeros(*diff.shape[:2], len(graph.receivers), diff.shape[-1], device=diff.device)
+        grads = torch.zeros(diff.shape[0], len(graph.receivers), *diff.shape[2:], device=diff.device)
         for alpha, weight in zip(alphas, weights, strict=True):
-            shift = alpha * diff[:, :, 0] if alpha > 0 else None
+            shift = alpha * diff[:, 0] if alpha > 0 else None
             grads += weight * receiver_gradients(model, graph, rows, rows.batch(start, stop), shift)
-        total += torch.einsum("bpsd,bprd->sr", diff, grads).cpu()
+        total += torch.einsum("bspd,brpd->sr", diff, grads).cpu()
     return -graph.per_edge(total) / rows.n
 
 
 def receiver_gradients(
     model: HookedAutoModel, graph: EdgeGraph, rows: TaskRows, batch: tuple, embed_shift: Tensor | None
 ) -> Tensor:
-    """dm/dx_v at every receiver input, [batch, pos, receiver, d_model], from one forward and
+    """dm/dx_v at every receiver input, [batch, receiver, pos, d_model], from one forward and
     one backward pass (the embeddings shifted by ``embed_shift``)."""
     edge_pass = EdgePass(model, graph, leaves=True, embed_shift=embed_shift)
     with frozen_parameters(model.hf_model), torch.enable_grad():
@@ -172,14 +172,14 @@ def receiver_gradients(
         keys = list(edge_pass.leaves)
         found = torch.autograd.grad(values.sum(), [edge_pass.leaves[k] for k in keys], allow_unused=True)
     ids = batch[0]
-    out = torch.zeros(ids.shape[0], ids.shape[1], len(graph.receivers), model.cfg.d_model, device=ids.device)
+    out = torch.zeros(ids.shape[0], len(graph.receivers), ids.shape[1], model.cfg.d_model, device=ids.device)
     for (kind, layer), grad in zip(keys, found, strict=True):
         if grad is None:
             continue
-        if kind == "heads":
-            out[:, :, edge_pass.receivers(layer)] = grad.float()
+        if kind == "heads":  # [batch, pos, receivers, d_model]
+            out[:, edge_pass.receivers(layer)] = grad.float().transpose(1, 2)
         elif kind == "mlp":
-            out[:, :, edge_pass.receivers(layer).stop] = grad.float()
+            out[:, edge_pass.receivers(layer).stop] = grad.float()
         else:
-            out[:, :, -1] = grad.float()
+            out[:, -1] = grad.float()
     return out

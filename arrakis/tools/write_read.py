@@ -24,7 +24,7 @@ from torch import Tensor
 
 from arrakis.circuits.composition import MODES, check_mode, composition_baseline, composition_scores
 from arrakis.models import HookedAutoModel
-from arrakis.tools import data_stats, patching
+from arrakis.tools import data_stats, patching, task_circuits
 from arrakis.tools.base import (
     BaseInterpretabilityTool,
     check_choice,
@@ -52,6 +52,7 @@ class WriteReadAnalyzer(BaseInterpretabilityTool):
 
     name = "write_read"
     patch_heads = patching.patch_heads  # activation patching of every head on a task (arrakis.tools.patching)
+    task_circuit = task_circuits.task_circuit  # every edge of a task scored, circuits run exactly
 
     def __init__(self, model: HookedAutoModel) -> None:
         super().__init__(model)
