@@ -15,6 +15,9 @@
     arrakis patch --task ioi|induction [--channel C] [--n N] [--seed S] [--method M] [--direction D]
                   [--positions all|dst] [--top-k K]
                                          activation patching of every head on a task
+    arrakis circuit --task ioi|induction [--n N] [--seed S] [--method M] [--steps S] [--top-k K]
+                    [--sizes N,N,...] [--curve] [--verify K]
+                                         every writer -> reader edge of a task scored, circuits run
     arrakis report --out FILE [--model PATH] [--prompt TEXT --src TOKEN --dst TOKEN]
     arrakis summary [FAMILY ...]         shape summaries of the small random models
     arrakis experiments list|show|export [--save-dir DIR]
@@ -53,6 +56,7 @@ CHANNELS = ("z", "q", "k", "v", "pattern")
 PATCH_METHODS = ("exact", "attribution", "integrated")
 DIRECTIONS = ("noising", "denoising")
 PATCH_POSITIONS = ("all", "dst")
+CIRCUIT_METHODS = ("integrated", "attribution")  # arrakis.models.edge_runs.METHODS (a test keeps them equal)
 
 ROLE_THRESHOLD = 0.3  # a head counts as previous-token / induction at this score or above
 
@@ -139,6 +143,14 @@ def one_of(choices: tuple[str, ...], what: str) -> Callable[[str], str]:
         return value.strip().lower()
 
     return parse
+
+
+def sizes(value: str) -> tuple[int, ...]:
+    """--sizes: circuit sizes as comma-separated ints >= 0 (10,100,1000)."""
+    parts = [_int(part.strip()) for part in value.split(",")]
+    if not value.strip() or any(part is None or part < 0 for part in parts):
+        raise argparse.ArgumentTypeError(f"must be comma-separated ints >= 0 (e.g. 10,100,1000), got {value!r}")
+    return tuple(int(part) for part in parts if part is not None)
 
 
 def position(value: str) -> int:
@@ -278,6 +290,20 @@ def build_parser() -> Parser:
         "--positions", type=one_of(PATCH_POSITIONS, "the positions patched"), default="all", help="all or dst"
     )
     patch.add_argument("--top-k", type=positive_int, default=10, help="list the strongest K heads (K >= 1)")
+    circuit = with_model(command("circuit", "every writer -> reader edge of a task scored; its circuits run exactly"))
+    circuit.add_argument("--task", type=one_of(TASKS, "the task"), required=True, help=", ".join(TASKS))
+    circuit.add_argument("--n", type=positive_int, default=8, help="examples in the task (>= 1)")
+    circuit.add_argument("--seed", type=seed, default=0, help="the task's random seed (>= 0)")
+    circuit.add_argument(
+        "--method", type=one_of(CIRCUIT_METHODS, "how"), default="integrated", help=", ".join(CIRCUIT_METHODS)
+    )
+    circuit.add_argument("--steps", type=positive_int, default=5, help="integration steps of --method integrated")
+    circuit.add_argument("--top-k", type=positive_int, default=20, help="list the strongest K edges (K >= 1)")
+    circuit.add_argument(
+        "--sizes", type=sizes, default=(10, 100, 1000), help="faithfulness of the top-N circuits (default 10,100,1000)"
+    )
+    circuit.add_argument("--curve", action="store_true", help="the faithfulness curve beside random circuits")
+    circuit.add_argument("--verify", type=positive_int, default=None, help="exact single-edge patching of the top K")
     report = with_model(command("report", "a self-contained HTML report"))
     report.add_argument("--out", type=out_file, required=True, help="the HTML file to write")
     report.add_argument("--prompt", type=prompt_text, default=None, help="a prompt for the flow trace")

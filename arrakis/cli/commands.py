@@ -22,6 +22,7 @@ from arrakis.tools.logit_attribution import resolve_pos
 REFUSED = (UsageError, ValueError, KeyError, TypeError, ModelNotFoundError)
 
 cmd_patch = task_commands.cmd_patch  # arrakis patch (arrakis.cli.task_commands)
+cmd_circuit = task_commands.cmd_circuit  # arrakis circuit
 
 # -- printing ----------------------------------------------------------------------------------
 

@@ -1,5 +1,6 @@
-"""``arrakis patch`` and the task part of ``arrakis analyze``: a task (IOI or induction), how well
-the model does it, and activation patching of every head between its clean and corrupted runs.
+"""``arrakis patch``, ``arrakis circuit`` and the task part of ``arrakis analyze``: a task (IOI or
+induction), how well the model does it, activation patching of every head between its clean and
+corrupted runs, and every writer -> reader edge scored with its circuits run exactly.
 ``arrakis.cli`` has checked the arguments, without importing torch."""
 
 from __future__ import annotations
@@ -91,3 +92,37 @@ def cmd_patch(args: argparse.Namespace) -> Any:
         "seed": args.seed,
     }
     return data, patching_text(task, accuracy, result, args.top_k)
+
+
+def cmd_circuit(args: argparse.Namespace) -> Any:
+    model = load_model(args.model)
+    task = build_task(model, args.task, args.n, args.seed)
+    accuracy = task.accuracy(model)
+    result = WriteReadAnalyzer(model).task_circuit(task, method=args.method, steps=args.steps)
+    n_edges = result.n_edges
+    sizes = sorted({min(size, n_edges) for size in args.sizes})
+    faithful = result.faithfulness(sizes)
+    data: dict[str, Any] = {
+        **result.to_dict(),
+        "accuracy": accuracy,
+        "n": task.n,
+        "seed": args.seed,
+        "faithfulness": dict(zip(map(str, sizes), faithful, strict=True)),
+    }
+    lines = [
+        task_line(task, accuracy),
+        f"task circuit: {result.method}{f', {result.steps} steps' if result.steps else ''}, {n_edges} edges",
+        f"top {args.top_k} edges by |estimated drop in {result.metric} when patched alone|:",
+        *[f"  {edge}" for edge in result.top_edges(min(args.top_k, n_edges))],
+        "faithfulness of the top-N circuits (every other edge patched; 1 = the clean run, 0 = the corrupted):",
+        *[f"  N = {size}: {value:.3f}" for size, value in zip(sizes, faithful, strict=True)],
+    ]
+    if args.curve:
+        curve = result.curve()
+        data["curve"] = curve.to_dict()
+        lines += ["faithfulness curve (top-N and random circuits of the same sizes):", repr(curve)]
+    if args.verify:
+        verification = result.verify(min(args.verify, n_edges))
+        data["verify"] = verification.to_dict()
+        lines += ["exact single-edge patching of the top edges beside their scores:", repr(verification)]
+    return data, "\n".join(lines + [f"note: {note}" for note in result.notes])

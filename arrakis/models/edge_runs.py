@@ -38,7 +38,7 @@ from arrakis.models.scaled_knockouts import quadrature
 from arrakis.progress import progress as progress_bar
 
 Metric = Callable[[Tensor, Tensor], Tensor]  # (logits [b, d_vocab], example index [b]) -> [b]
-METHODS = ("attribution", "integrated")
+METHODS = ("integrated", "attribution")
 
 
 class TaskRows:
