@@ -62,6 +62,7 @@ def test_the_report_is_self_contained_and_renders(tmp_path):
     n_figures = text.count("<img class='figure'")
     assert n_figures >= 4 and text.count("data:image/png;base64,") == n_figures
     titles = ("Model", "Write heads", "Head roles", "Composition and circuits", "Information flow", "Task: induction")
+    titles += ("Task circuit: induction",)
     for title in titles:  # the task: induction, since the tiny model has no tokenizer for IOI
         assert f"<h2>{title}</h2>" in text
     assert "exact drop" in text and "Note: attribution estimates" in text
