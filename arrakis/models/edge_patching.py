@@ -99,6 +99,27 @@ def mlp_norms(model: HookedAutoModel) -> list[nn.Module | None]:
     return norms
 
 
+SPARSE = 0.05  # below this share of patched (or of kept) edges, the sum runs over those edges alone
+
+
+def patched_sum(weights: Tensor, diff: Tensor) -> Tensor:
+    """sum_s weights[b, r, s] diff[b, s] for 0/1 ``weights`` [rows, receivers, senders] and
+    ``diff`` [rows, senders, features]: [rows, receivers, features]. Every sender before the
+    receivers has an edge to them, so where most edges are patched the sum is the total less
+    the kept edges'; where few edges are on either side, a sparse product over them alone."""
+    density = float(weights.mean()) if weights.numel() else 0.0
+    if SPARSE <= density <= 1 - SPARSE:
+        return torch.bmm(weights.to(diff.dtype), diff)
+    complement = density > 0.5
+    chosen = (weights < 0.5) if complement else (weights > 0.5)
+    rows, receivers, _ = weights.shape
+    b, r, s = chosen.nonzero(as_tuple=True)
+    picked = diff.new_zeros(rows * receivers, diff.shape[-1])
+    picked.index_add_(0, b * receivers + r, diff[b, s])  # only the chosen (row, sender) pairs are read
+    picked = picked.view(rows, receivers, -1)
+    return diff.sum(1, keepdim=True) - picked if complement else picked
+
+
 def _norms(block: nn.Module, adapter: Any) -> dict[str, nn.Module]:
     """The block's ln1 and ln2 modules that exist (a parallel-residual StableLM has no ln2)."""
     found = {}
@@ -134,8 +155,9 @@ def _keep_input(store: dict[str, Tensor]) -> Callable:
 class EdgePass:
     """One forward pass of ``model`` with every receiver's input rebuilt (the module doc).
 
-    ``source`` [rows, sender, pos, d_model] and ``patched`` [rows, sender, receiver] (0/1
-    float) give the patched edges of each row; both None: nothing patched. ``leaves``: add a
+    ``source`` [batch, sender, pos, d_model] (the batch's examples) and ``patched`` [rows,
+    sender, receiver] (0/1 float; rows = copies x batch, copy-major) give the patched edges of
+    each row; both None: nothing patched. ``leaves``: add a
     zero leaf (requiring grad) to every receiver input, kept in ``self.leaves`` per receiver
     group ("heads", layer) [rows, pos, receivers, d_model], ("mlp", layer) and ("logits", 0)
     [rows, pos, d_model]. ``embed_shift`` [rows, pos, d_model] is added to the embeddings (the
@@ -190,7 +212,7 @@ class EdgePass:
                 weights = weights[..., None]
             rows, _, n_pos, d = self.diff.shape
             diff = self.diff[:, :upstream].reshape(rows, upstream, n_pos * d)
-            moved = torch.bmm(weights.transpose(1, 2).to(diff.dtype), diff)  # [rows, receivers, pos * d]
+            moved = patched_sum(weights.transpose(1, 2), diff)  # [rows, receivers, pos * d]
             moved = moved.view(rows, -1, n_pos, d).transpose(1, 2).to(resid.dtype)  # [rows, pos, receivers, d]
             x = x + (moved if many else moved[:, :, 0])
         elif many:
@@ -205,11 +227,13 @@ class EdgePass:
         """Keep source - run for ``senders`` (run: [rows, pos, d] or [rows, pos, heads, d])."""
         if self.source is None:
             return
-        if self.diff is None:
-            self.diff = torch.zeros_like(self.source)
+        batch = self.source.shape[0]
+        if self.diff is None:  # every slot is written before a receiver reads it
+            self.diff = self.source.new_empty(run.shape[0], *self.source.shape[1:])
         if isinstance(senders, slice):  # heads: run [rows, pos, heads, d]
             run = run.transpose(1, 2)
-        self.diff[:, senders] = self.source[:, senders] - run.detach().float()
+        copies = self.diff.view(-1, batch, *self.diff.shape[1:])  # [copy, batch, sender, pos, d]
+        copies[:, :, senders] = self.source[None, :, senders] - run.detach().float().view(-1, batch, *run.shape[1:])
 
     # -- the hooks --------------------------------------------------------------------------
 
@@ -320,7 +344,9 @@ class EdgePass:
 
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
             resid = self.resid["pre"] if self.cfg.parallel_residual else self.resid["mid"]
-            x = self.rebuilt(resid, receiver, ("mlp", layer), self.mlp_sender(layer))
+            # under a parallel residual the layer's own heads write after its MLP reads
+            upstream = self.head_senders(layer).start if self.cfg.parallel_residual else self.mlp_sender(layer)
+            x = self.rebuilt(resid, receiver, ("mlp", layer), upstream)
             return replace_input(args, kwargs, norm.forward(x) if norm is not None else x)
 
         return hook

@@ -117,9 +117,7 @@ class EdgeRunner:
             sets = dense[first : first + copies]
             k, b = sets.shape[0], stop - start
             batch = rows.batch(start, stop, k)
-            edge_pass = EdgePass(
-                model, self.graph, source[1].repeat(k, 1, 1, 1), sets.repeat_interleave(b, 0).to(model.device)
-            )
+            edge_pass = EdgePass(model, self.graph, source[1], sets.repeat_interleave(b, 0).to(model.device))
             with torch.no_grad():
                 values = forward_metric(model, edge_pass, rows, batch)
             totals[first : first + k] += values.view(k, b).sum(1).cpu()
