@@ -202,3 +202,17 @@ def test_a_padded_batch_runs_each_prompt_as_if_alone(session):
         torch.testing.assert_close(batched[row, mask[row]], alone, atol=1e-4, rtol=1e-4)
     alone_flow = session.after_first("flow")["flow"]
     assert ns["flow"].top_heads == alone_flow.top_heads  # the batched trace (batch_index=1)
+
+
+def test_the_ioi_task_circuit(session):
+    ns = session.after_first("ioi_circuit")
+    circuit = ns["ioi_circuit"]
+    assert [edge.name for edge in circuit.top_edges(3)] == ["L23H3 -> logits", "MLP0 -> L23KV1 (V)", "L24H4 -> logits"]
+    small, large = circuit.faithfulness([1000, 10000])
+    assert small == pytest.approx(0.58, abs=0.01) and large == pytest.approx(0.93, abs=0.01)
+    assert circuit.faithfulness(0) == pytest.approx(0.0, abs=1e-4)  # every edge patched: the corrupted run
+    assert circuit.faithfulness(circuit.n_edges) == pytest.approx(1.0, abs=1e-4)  # none: the clean run
+    checked = circuit.verify(5)  # a real check: the exact single-edge runs agree with the estimates
+    assert checked.spearman > 0.9 and checked.largest_error < 0.1
+    readers = [name for name, _ in circuit.readers("L24H4")["L24H4"]["q"][:2]]
+    assert readers == ["L23H3", "L23H0"]
