@@ -8,6 +8,7 @@ from benchmarks import (
     bench_information_flow,
     bench_large_checkpoints,
     bench_patching,
+    bench_task_circuit,
 )
 
 if __name__ == "__main__":
@@ -17,4 +18,5 @@ if __name__ == "__main__":
     bench_batches.main()
     bench_attribution.main()
     bench_patching.main()
+    bench_task_circuit.main()
     bench_large_checkpoints.main()
