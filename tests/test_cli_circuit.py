@@ -15,7 +15,7 @@ from arrakis.models import edge_runs
 from arrakis.tasks import induction
 from arrakis.tools import WriteReadAnalyzer
 from tests.conftest import shared
-from tests.test_cli_patch import refuse
+from tests.test_cli_patch import assert_refused_before_loading
 
 PARSE_ERRORS = {
     "no task": (["circuit"], ["required: --task"]),
@@ -33,12 +33,7 @@ PARSE_ERRORS = {
 
 @pytest.mark.parametrize(("argv", "words"), PARSE_ERRORS.values(), ids=PARSE_ERRORS.keys())
 def test_bad_circuit_arguments_are_refused_before_any_model_loads(argv, words, capsys, monkeypatch):
-    monkeypatch.setattr(task_commands, "load_model", refuse)
-    assert main(argv) == 2
-    out, err = capsys.readouterr()
-    assert out == "" and len(err.splitlines()) == 1 and err.startswith("arrakis: error: "), err
-    for word in words:
-        assert word in err, err
+    assert_refused_before_loading(argv, words, capsys, monkeypatch)
 
 
 def test_circuit_defaults_and_choices_are_the_librarys():

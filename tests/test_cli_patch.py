@@ -48,14 +48,19 @@ PARSE_ERRORS = {
 }
 
 
-@pytest.mark.parametrize(("argv", "words"), PARSE_ERRORS.values(), ids=PARSE_ERRORS.keys())
-def test_bad_patch_arguments_are_refused_before_any_model_loads(argv, words, capsys, monkeypatch):
+def assert_refused_before_loading(argv, words, capsys, monkeypatch) -> None:
+    """``arrakis argv`` exits 2 with one line naming ``words``, and no model is loaded."""
     monkeypatch.setattr(task_commands, "load_model", refuse)
     assert main(argv) == 2
     out, err = capsys.readouterr()
     assert out == "" and len(err.splitlines()) == 1 and err.startswith("arrakis: error: "), err
     for word in words:
         assert word in err, err
+
+
+@pytest.mark.parametrize(("argv", "words"), PARSE_ERRORS.values(), ids=PARSE_ERRORS.keys())
+def test_bad_patch_arguments_are_refused_before_any_model_loads(argv, words, capsys, monkeypatch):
+    assert_refused_before_loading(argv, words, capsys, monkeypatch)
 
 
 def test_bad_patch_arguments_are_refused_without_importing_torch(tmp_path):
