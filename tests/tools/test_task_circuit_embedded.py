@@ -3,10 +3,11 @@
 - Faithfulness is a ratio of exact runs: no edge kept is the corrupted run (0) and every edge
   kept the clean run (1), exactly.
 - The top-scored circuits reach a much higher faithfulness than random circuits of the same
-  size. Measured on IOI with 8 examples, EAP: top 1218 edges 0.54 and top 9278 edges 0.94,
-  against 0.00 for random circuits of those sizes; area under the curve 0.94 against 0.34.
+  size. Measured on IOI with 4 examples, EAP-IG: top 1218 edges 0.50 and top 9278 edges 0.90,
+  against 0.00 for random circuits of those sizes; area under the curve 0.90 against 0.36.
 - ``verify(20)`` (exact single-edge patching of the top 20 edges) ranks them as their scores
-  do: Spearman 0.95 (IOI, 8 examples).
+  do: Spearman 0.97 (IOI, 4 examples, EAP-IG; 0.95 with EAP on 8). On the induction task
+  (log p, saturated: the corrupted run gives log p -13.9) it is 0.87 with EAP-IG and 0.53 with EAP.
 - The induction task's circuit contains the previous-token -> induction K edges that
   ``circuits("K", ..., verify=True)`` finds from the weights and path-patches: measured ranks
   1, 3 and 54 of 70,651 (L16H0 -> L18KV2 (K), L17H8 -> L18KV2 (K), L16H0 -> L17KV1 (K)).
@@ -52,7 +53,8 @@ def test_the_top_edges_patched_alone_rank_as_their_scores(ioi_circuit):
     checked = ioi_circuit.verify(20)
     print(checked)
     assert checked.spearman >= 0.8
-    assert ioi_circuit.top_edges(1)[0].name == "L23H3 -> logits"  # the strongest name mover, into the logits
+    heads = [edge.name for edge in ioi_circuit.top_edges(20) if edge.sender.startswith("L")]
+    assert heads[0] == "L23H3 -> logits"  # the strongest head edge: the top name mover, into the logits
 
 
 def test_the_induction_circuit_holds_the_composition_edges_path_patching_found(model):
