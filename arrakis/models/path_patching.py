@@ -10,8 +10,10 @@ for channel c only: x~' = ln1(x') (its own norm recomputed) goes through the cha
 projection, whose columns of h2's head (for K and V: h2's KV head) are spliced into the
 projection's clean output. Everything else (the other channels, the other heads, the
 layers before) stays clean; rotary, q/k norms, soft-capping and masks are the model's own.
-The pass stops after layer l2. ``out[h1]`` is the writer's output as it enters the residual
-(with a post-norm: g * z W_O / s, its scale frozen).
+The runs of one reader layer go as copies of the probe batch in one pass, which skips the
+blocks before l2 (their output is the clean residual stream entering l2) and stops after l2.
+``out[h1]`` is the writer's output as it enters the residual (with a post-norm: g * z W_O / s,
+its scale frozen).
 
 Effects: for Q and K, the mean over (real) query rows of KL(clean row || patched row) of
 h2's attention pattern; for V, ||z' W_O - z W_O|| / ||z W_O|| of h2's output, averaged
@@ -26,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
+from arrakis.models.activation_patching import skipped_blocks
 from arrakis.models.adapters import qkv_index
 from arrakis.models.adapters.base import module_at
 
@@ -43,43 +46,51 @@ def writer_outputs(model: HookedAutoModel, cache: Any, layer: int) -> Tensor:
     return model.head_outputs(layer, cache[f"blocks.{layer}.attn.hook_z"], post_in)[0]
 
 
-def patched_reader(
+def patched_readers(
     model: HookedAutoModel,
     inputs: dict[str, Tensor],
-    reader: tuple[int, int],
+    layer: int,
     channel: str,
-    new_resid: Tensor,
-) -> Tensor:
-    """One forward pass with the reader's channel input computed from ``new_resid``
-    [batch, pos, d_model]; returns the reader head's pattern [batch, q, k] (channel q or k)
-    or its z [batch, pos, d_head] (channel v)."""
+    runs: list[tuple[int, Tensor]],
+    state: Tensor,
+) -> list[Tensor]:
+    """The runs of one reader layer as copies of the probe batch in one pass: run c patches
+    reader head ``runs[c][0]``'s channel input, computed from ``runs[c][1]`` [batch, pos,
+    d_model]. The blocks before ``layer`` are not run (each returns ``state``, the clean
+    residual stream entering ``layer``), and the pass stops after ``layer``. Returns, per run,
+    the reader head's pattern [batch, q, k] (channel q or k) or its z [batch, pos, d_head] (v)."""
     a, cfg = model.adapter, model.cfg
-    layer, head = reader
     block = module_at(model.hf_model, a.layers)[layer]
     projection = module_at(block, getattr(a, channel))
     index = qkv_index(a.qkv_layout, channel, cfg.n_heads, cfg.n_kv_heads, cfg.d_head)
-    columns = index[head if channel == "q" else int(model.head_weights().kv_group[head])]
+    kv_group = model.head_weights().kv_group
     norm = module_at(block, a.ln1) if a.ln1 is not None else None
+    k, b = len(runs), state.shape[0]
+    heads = [head for head, _ in runs]
     kept: dict[str, Tensor] = {}
 
     def splice(module: nn.Module, args: tuple, out: Tensor) -> Tensor:
-        x = new_resid.to(out.dtype)
+        x = torch.cat([resid for _, resid in runs]).to(out.dtype)  # [copies * batch, pos, d_model]
         patched = module.forward(norm.forward(x) if norm is not None else x)  # forward(): no hooks run
         out = out.clone()
-        out[..., columns.to(out.device)] = patched[..., columns.to(out.device)]
+        for c, head in enumerate(heads):
+            columns = index[head if channel == "q" else int(kv_group[head])].to(out.device)
+            out[c * b : (c + 1) * b, ..., columns] = patched[c * b : (c + 1) * b, ..., columns]
         return out
 
     def keep_pattern(module: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
-        kept["pattern"] = out[1][:, head].detach().float()
+        kept["pattern"] = out[1].detach()
 
     def keep_z(module: nn.Module, args: tuple) -> None:
         z = args[0]
-        kept["z"] = z.view(*z.shape[:-1], cfg.n_heads, cfg.d_head)[:, :, head].detach().float()
+        kept["z"] = z.view(*z.shape[:-1], cfg.n_heads, cfg.d_head).detach()
 
     def stop(*_: Any) -> None:
         raise _StopError
 
+    repeated = {name: value.repeat(k, *[1] * (value.dim() - 1)) for name, value in inputs.items()}
     with ExitStack() as stack, torch.no_grad():
+        stack.enter_context(skipped_blocks(model, layer, state.repeat(k, 1, 1), block_arity(model)))
         stack.callback(projection.register_forward_hook(splice).remove)
         if channel == "v":
             stack.callback(module_at(block, a.o).register_forward_pre_hook(keep_z).remove)
@@ -87,10 +98,31 @@ def patched_reader(
             stack.callback(module_at(block, a.attn).register_forward_hook(keep_pattern, with_kwargs=True).remove)
         stack.callback(block.register_forward_hook(stop).remove)
         try:
-            model.hf_model(**inputs, use_cache=False)
+            model.hf_model(**repeated, use_cache=False)
         except _StopError:
             pass
-    return kept["z" if channel == "v" else "pattern"]
+    if channel == "v":
+        return [kept["z"][c * b : (c + 1) * b, :, head].float() for c, head in enumerate(heads)]
+    return [kept["pattern"][c * b : (c + 1) * b, head].float() for c, head in enumerate(heads)]
+
+
+def block_arity(model: HookedAutoModel) -> int:
+    """The form of a block's output: 0 for a tensor, else the length of the tuple it returns
+    (from a one-token pass)."""
+    found: list[int] = []
+    block = module_at(model.hf_model, model.adapter.layers)[0]
+
+    def form(module: nn.Module, args: tuple, out: object) -> None:
+        found.append(len(out) if isinstance(out, tuple) else 0)
+        raise _StopError
+
+    with ExitStack() as stack, torch.no_grad():
+        stack.callback(block.register_forward_hook(form).remove)
+        try:
+            model.hf_model(input_ids=torch.zeros(1, 1, dtype=torch.long, device=model.device), use_cache=False)
+        except _StopError:
+            pass
+    return found[0]
 
 
 def attention_kl(clean: Tensor, patched: Tensor, rows: Tensor) -> float:

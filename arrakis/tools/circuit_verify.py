@@ -2,7 +2,8 @@
 (the mathematics and the intervention: ``arrakis.models.path_patching``; docs/mathematics.md#composition).
 
 One clean pass over the probe keeps the writers' z and the readers' inputs, patterns and z;
-then one pass per edge, each stopping after its reader's layer. The null is the same patch
+then the runs of each reader layer go as copies of the probe in one pass that starts at that
+layer from the clean residual stream and stops after it. The null is the same patch
 on ``n_null`` random writer -> reader pairs of the same two layers; each edge gets its
 causal effect and the effect's ratio to the mean of that null.
 """
@@ -16,10 +17,11 @@ import torch
 from torch import Tensor
 
 from arrakis.models import HookedAutoModel
-from arrakis.models.path_patching import attention_kl, output_change, patched_reader, writer_outputs
+from arrakis.models.path_patching import attention_kl, output_change, patched_readers, writer_outputs
 from arrakis.progress import progress as progress_bar
 
 Head = tuple[int, int]
+COPIES = 16  # path-patching runs of one reader layer per pass, as copies of the probe batch
 
 
 def edge_effects(
@@ -41,18 +43,30 @@ def edge_effects(
     rows = torch.ones(ids.shape, device=model.device) if mask is None else inputs["attention_mask"].float()
     outputs = {layer: writer_outputs(model, cache, layer) for layer in writer_layers}  # [batch, pos, head, D]
     W_O = model.head_weights(folded=False).W_O
-    effects = []
-    for (l1, h1), (l2, h2) in progress_bar(pairs, "path patching", "edge", enabled=len(pairs) >= 8):
-        out = outputs[l1][:, :, h1]  # [batch, pos, D]
-        mean = (out * rows[..., None]).sum((0, 1)) / rows.sum()  # over the probe's real tokens
-        new_resid = cache[f"blocks.{l2}.hook_resid_pre"].float() - out + mean
-        patched = patched_reader(model, inputs, (l2, h2), channel, new_resid)
-        if channel == "v":
-            clean = cache[f"blocks.{l2}.attn.hook_z"][:, :, h2].float()
-            effects.append(output_change(clean, patched, W_O[l2, h2].float().to(clean.device), rows))
-        else:
-            clean = cache[f"blocks.{l2}.attn.hook_pattern"][:, h2].float()
-            effects.append(attention_kl(clean, patched, rows))
+    by_layer: dict[int, list[int]] = {}
+    for index, (_, (l2, _)) in enumerate(pairs):
+        by_layer.setdefault(l2, []).append(index)
+    jobs = [
+        (l2, indices[start : start + COPIES])
+        for l2, indices in by_layer.items()
+        for start in range(0, len(indices), COPIES)
+    ]
+    effects = [0.0] * len(pairs)
+    for l2, indices in progress_bar(jobs, "path patching", "pass", enabled=len(jobs) >= 4):
+        resid = cache[f"blocks.{l2}.hook_resid_pre"].float()
+        runs = []
+        for index in indices:
+            (l1, h1), (_, h2) = pairs[index]
+            out = outputs[l1][:, :, h1]  # [batch, pos, D]
+            mean = (out * rows[..., None]).sum((0, 1)) / rows.sum()  # over the probe's real tokens
+            runs.append((h2, resid - out + mean))
+        patched = patched_readers(model, inputs, l2, channel, runs, cache[f"blocks.{l2}.hook_resid_pre"])
+        for index, (h2, _), result in zip(indices, runs, patched, strict=True):
+            if channel == "v":
+                clean = cache[f"blocks.{l2}.attn.hook_z"][:, :, h2].float()
+                effects[index] = output_change(clean, result, W_O[l2, h2].float().to(clean.device), rows)
+            else:
+                effects[index] = attention_kl(cache[f"blocks.{l2}.attn.hook_pattern"][:, h2].float(), result, rows)
     return effects
 
 

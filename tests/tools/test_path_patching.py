@@ -10,7 +10,7 @@ import math
 import pytest
 import torch
 
-from arrakis.models.path_patching import patched_reader, writer_outputs
+from arrakis.models.path_patching import patched_readers, writer_outputs
 from arrakis.tools import WriteReadAnalyzer
 from arrakis.tools.circuit_verify import verify_circuit
 from tests.conftest import shared
@@ -46,7 +46,7 @@ def test_the_patched_reader_input_is_the_residual_recomputed_without_the_writer(
         brute = brute + parts.sum(2) + w.b_O[layer] + cache["mlp_out", layer]
     torch.testing.assert_close(fast, brute, atol=1e-4, rtol=1e-4)
 
-    pattern = patched_reader(model, model.forward_inputs(ids), (l2, h2), "q", fast)
+    pattern = patched_reader(model, ids, cache, (l2, h2), "q", fast)
     ln1 = model.hf_model.transformer.h[l2].ln_1
     q = ln1(fast) @ w.W_Q[l2, h2] + w.b_Q[l2, h2]  # [batch, pos, d_head]
     k = cache["k", l2][:, :, h2]
@@ -76,6 +76,13 @@ def test_a_writer_with_no_output_has_no_effect_and_verify_fills_every_edge():
     assert back[0].ratio_to_null == circuit[0].ratio_to_null and back.verification == circuit.verification
 
 
+def patched_reader(model, ids, cache, reader, channel, new_resid):
+    """One path-patching run: the reader's channel input computed from ``new_resid``."""
+    layer, head = reader
+    inputs = model.forward_inputs(ids)
+    return patched_readers(model, inputs, layer, channel, [(head, new_resid)], cache["resid_pre", layer])[0]
+
+
 @pytest.mark.parametrize("variant", ["llama", "gemma2", "olmo2", "gpt-neox", "phi3"])
 @pytest.mark.parametrize("mode", ["Q", "K", "V"])
 def test_path_patching_runs_on_every_layout(variant, mode):
@@ -86,10 +93,14 @@ def test_path_patching_runs_on_every_layout(variant, mode):
     _, cache = model.run_with_cache(ids)
     channel, reader = mode.lower(), (1, 1)
     clean_input = cache["resid_pre", 1]
-    same = patched_reader(model, model.forward_inputs(ids), reader, channel, clean_input)
+    same = patched_reader(model, ids, cache, reader, channel, clean_input)
     clean = cache["z", 1][:, :, 1] if channel == "v" else cache["pattern", 1][:, 1]
     torch.testing.assert_close(same, clean, atol=1e-5, rtol=1e-4)
-    moved = patched_reader(
-        model, model.forward_inputs(ids), reader, channel, clean_input + 3 * torch.randn_like(clean_input)
-    )
+    noise = 3 * torch.randn(clean_input.shape, generator=torch.Generator().manual_seed(4))
+    moved = patched_reader(model, ids, cache, reader, channel, clean_input + noise)
     assert not torch.allclose(moved, clean, atol=1e-4)
+    # batched: runs of other reader heads as copies in the same pass change nothing of this one's
+    runs = [(0, clean_input - noise), (1, clean_input + noise), (1, clean_input)]
+    batched = patched_readers(model, model.forward_inputs(ids), 1, channel, runs, cache["resid_pre", 1])
+    torch.testing.assert_close(batched[1], moved, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(batched[2], clean, atol=1e-5, rtol=1e-4)
