@@ -18,6 +18,9 @@ EAP-IG, Hanna et al. 2024; a forward and backward pass per node). Nothing holds 
 [edges x positions x d_model] tensor: the sender differences [pos, sender, d_model] and the
 receiver gradients [pos, receiver, d_model] of one batch are contracted into [sender,
 receiver] sums.
+
+Under torchrun or accelerate launch each process runs its share of the examples and the sums
+are added across processes (``arrakis.models.parallel``): every process gets the same result.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from arrakis.models.edge_patching import EdgePass, sender_outputs
 from arrakis.models.head_channels import call_metric, logits_at_rows
 from arrakis.models.hooked_model import HookedAutoModel
 from arrakis.models.interventions import DEFAULT_BUDGET
+from arrakis.models.parallel import all_sum, shard, world
 from arrakis.models.pattern_gradients import frozen_parameters
 from arrakis.models.scaled_knockouts import quadrature
 from arrakis.progress import progress as progress_bar
@@ -102,15 +106,18 @@ class EdgeRunner:
             raise ValueError(f"patched must be a bool tensor [n_sets, {self.graph.n_edges}], got {got}")
         model, rows = self.model, self.rows
         n_sets, n_pos = patched.shape[0], rows.clean.shape[1]
+        rank, _ = world(model.device)
+        mine = shard(rows.n)  # this process's examples (all of them in a single process)
         per_pass = row_budget(model, n_pos, len(self.graph.senders), self.budget)
-        per_batch = min(rows.n, per_pass)
+        per_batch = min(max(1, len(mine)), per_pass)
         copies = max(1, per_pass // per_batch)
         dense = self.graph.dense(patched.float())  # [n_sets, sender, receiver]
         totals = torch.zeros(n_sets)
-        jobs = [(s, c) for s in range(0, rows.n, per_batch) for c in range(0, n_sets, copies)]
+        jobs = [(s, c) for s in range(mine.start, mine.stop, per_batch) for c in range(0, n_sets, copies)]
         source = None
-        for start, first in progress_bar(jobs, "circuits", "pass", enabled=progress and len(jobs) >= 4):
-            stop = min(rows.n, start + per_batch)
+        shown = progress and rank == 0 and len(jobs) >= 4
+        for start, first in progress_bar(jobs, "circuits", "pass", enabled=shown):
+            stop = min(mine.stop, start + per_batch)
             if source is None or source[0] != start:  # the corrupted run's outputs, once per example batch
                 mask = None if rows.mask is None else rows.mask[start:stop]
                 source = (start, sender_outputs(model, rows.corrupted[start:stop], mask))
@@ -121,7 +128,7 @@ class EdgeRunner:
             with torch.no_grad():
                 values = forward_metric(model, edge_pass, rows, batch)
             totals[first : first + k] += values.view(k, b).sum(1).cpu()
-        return totals / rows.n
+        return all_sum(totals) / rows.n
 
 
 def edge_scores(
@@ -142,12 +149,14 @@ def edge_scores(
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     graph = graph or edge_graph(model.cfg)
     n_pos = rows.clean.shape[1]
-    per_batch = min(rows.n, row_budget(model, n_pos, len(graph.senders) + len(graph.receivers), budget))
+    rank, _ = world(model.device)
+    mine = shard(rows.n)  # this process's examples (all of them in a single process)
+    per_batch = min(max(1, len(mine)), row_budget(model, n_pos, len(graph.senders) + len(graph.receivers), budget))
     alphas, weights = ([0.0], [1.0]) if method == "attribution" else quadrature(steps)
     total = torch.zeros(len(graph.senders), len(graph.receivers))
-    starts = range(0, rows.n, per_batch)
-    for start in progress_bar(starts, "edge scores", "batch", enabled=progress and len(starts) >= 2):
-        stop = min(rows.n, start + per_batch)
+    starts = range(mine.start, mine.stop, per_batch)
+    for start in progress_bar(starts, "edge scores", "batch", enabled=progress and rank == 0 and len(starts) >= 2):
+        stop = min(mine.stop, start + per_batch)
         mask = None if rows.mask is None else rows.mask[start:stop]
         source = sender_outputs(model, rows.corrupted[start:stop], mask)
         diff = source - sender_outputs(model, rows.clean[start:stop], mask)
@@ -156,7 +165,7 @@ def edge_scores(
             shift = alpha * diff[:, 0] if alpha > 0 else None
             grads += weight * receiver_gradients(model, graph, rows, rows.batch(start, stop), shift)
         total += torch.einsum("bspd,brpd->sr", diff, grads).cpu()
-    return -graph.per_edge(total) / rows.n
+    return -graph.per_edge(all_sum(total)) / rows.n
 
 
 def receiver_gradients(

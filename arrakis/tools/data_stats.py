@@ -3,8 +3,10 @@ pass per batch for all layers at once (docs/mathematics.md: conventions, write h
 
 Every statistic counts real tokens only: padded positions are masked out of every sum, and a
 dataset's aggregate is a mean over its tokens (not a mean of batch means), so batching
-never changes it. Activations are reduced as they are captured (per token and head, never
-[batch, pos, head, d_model]); tensors stay on the model's device until the end.
+never changes it. Under torchrun or accelerate launch each process runs its share of the
+prompts and the sums and counts are added across processes (``arrakis.models.parallel``).
+Activations are reduced as they are captured (per token and head, never [batch, pos, head,
+d_model]); tensors stay on the model's device until the end.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from arrakis.circuits import heads as head_math
 from arrakis.circuits.roles import DETECTORS, ROLES, repeated_random_tokens, role_hits
 from arrakis.models import HookedAutoModel
 from arrakis.models.batching import iter_batches
+from arrakis.models.parallel import all_sum, shard_batches
 from arrakis.progress import progress as progress_bar
 from arrakis.tools.base import check_positive_int
 
@@ -91,15 +94,15 @@ def write_scores(model: HookedAutoModel, batches: list[Batch], direction: Tensor
         )
 
     total = torch.zeros(cfg.n_layers, cfg.n_heads, dtype=torch.float64, device=device)
-    count = 0
-    for ids, mask in _progress(batches, "write scores"):
+    count = torch.zeros((), dtype=torch.float64, device=device)
+    for ids, mask in _progress(shard_batches(batches, device), "write scores"):
         _, cache = model.run_with_cache(ids, names=names, transform=sizes, attention_mask=mask)
         weight = torch.ones(ids.shape, device=device) if mask is None else mask.float().to(device)
         for layer in range(cfg.n_layers):
             size = cache[f"blocks.{layer}.attn.hook_z"].to(device)
             total[layer] += torch.einsum("bph,bp->h", size, weight).double()
-        count += int(weight.sum())
-    return (total / count).float().cpu()
+        count += weight.sum().double()
+    return (all_sum(total) / all_sum(count)).float().cpu()
 
 
 def role_scores(model: HookedAutoModel, batches: list[Batch]) -> dict[str, Tensor]:
@@ -109,7 +112,7 @@ def role_scores(model: HookedAutoModel, batches: list[Batch]) -> dict[str, Tenso
     hits = {role: torch.zeros(cfg.n_layers, cfg.n_heads, dtype=torch.float64, device=device) for role in ROLES}
     mass = torch.zeros(cfg.n_layers, cfg.n_heads, dtype=torch.float64, device=device)
     names = {f"blocks.{layer}.attn.hook_pattern" for layer in range(cfg.n_layers)}
-    for ids, mask in _progress(batches, "head roles"):
+    for ids, mask in _progress(shard_batches(batches, device), "head roles"):
         detections = {role: detection(DETECTORS[role], ids, mask).to(device) for role in ROLES}
         rows = torch.ones(ids.shape, device=device) if mask is None else mask.float().to(device)
         _, cache = model.run_with_cache(ids, names=names, attention_mask=mask)
@@ -119,7 +122,8 @@ def role_scores(model: HookedAutoModel, batches: list[Batch]) -> dict[str, Tenso
             mass[layer] += pattern.sum((0, 2, 3)).double()
             for role in ROLES:
                 hits[role][layer] += role_hits(pattern, detections[role]).double()
-    return {role: (hits[role] / mass.clamp_min(1e-30)).float().cpu() for role in ROLES}
+    mass = all_sum(mass)
+    return {role: (all_sum(hits[role]) / mass.clamp_min(1e-30)).float().cpu() for role in ROLES}
 
 
 def detection(detector: Any, ids: Tensor, mask: Tensor | None) -> Tensor:

@@ -11,6 +11,10 @@ so a positive effect always means "h carries what the task's metric m needs". ``
 runs every patched copy (batched: many copies per forward pass, ``arrakis.models.activation_patching``);
 "attribution" and "integrated" estimate the change from gradients
 (``arrakis.models.patching_gradients``). Every argument is checked before any forward pass.
+
+Under torchrun or accelerate launch each process patches its share of the examples and the
+per-example results are gathered, so every process returns the same ``HeadPatching``
+(``arrakis.models.parallel``).
 """
 
 from __future__ import annotations
@@ -18,11 +22,16 @@ from __future__ import annotations
 import numbers
 from typing import Any
 
+import torch
+from torch import Tensor
+
 from arrakis.models import HookedAutoModel
 from arrakis.models.activation_patching import patch_heads_exact
 from arrakis.models.head_channels import CHANNELS, DIRECTIONS, position_mask_of
+from arrakis.models.parallel import all_gather_rows, shard, world
 from arrakis.models.patching_gradients import patch_heads_estimate
 from arrakis.tasks import Task
+from arrakis.tasks.task import DEFAULT_BATCH_SIZE
 from arrakis.tools.base import BaseInterpretabilityTool, check_choice, check_positive_int
 from arrakis.tools.results.patching import HeadPatching
 
@@ -56,18 +65,26 @@ def patch_heads(
     )
     if batch_size is not None:
         batch_size = check_positive_int(batch_size, "batch_size")
-    clean, corrupted = task.values(model, "clean"), task.values(model, "corrupted")
-    args = (model, task.clean_ids, task.corrupted_ids, task.attention_mask, task.dst, task.metric)
+    rank, _ = world(model.device)
+    mine = shard(task.n)  # this process's examples (all of them in a single process)
+    clean, corrupted = metric_values(task, model, "clean", mine), metric_values(task, model, "corrupted", mine)
+    lo, part = mine.start, slice(mine.start, mine.stop)
+    metric = task.metric if lo == 0 else (lambda logits, index: task.metric(logits, index + lo))
+    args = (model, task.clean_ids[part], task.corrupted_ids[part], task.attention_mask[part], task.dst[part], metric)
     options = {"channel": channel, "positions": positions, "direction": direction, "batch_size": batch_size}
-    if method == "exact":
-        patched = patch_heads_exact(*args, **options, progress=True)  # [n, n_layers, n_heads] m_patched
+    if len(mine) == 0:
+        patched = torch.zeros(0, model.cfg.n_layers, model.cfg.n_heads)
+    elif method == "exact":
+        patched = patch_heads_exact(*args, **options, progress=rank == 0)  # [n, n_layers, n_heads] m_patched
     else:
-        change = patch_heads_estimate(*args, **options, method=method, steps=steps, progress=True)
+        change = patch_heads_estimate(*args, **options, method=method, steps=steps, progress=rank == 0)
         patched = change + (clean if direction == "noising" else corrupted)[:, None, None]
     if direction == "noising":
         per_example = clean[:, None, None] - patched
     else:
         per_example = patched - corrupted[:, None, None]
+    per_example = all_gather_rows(per_example, task.n)
+    clean, corrupted = all_gather_rows(clean, task.n), all_gather_rows(corrupted, task.n)
     clean_metric, corrupted_metric = float(clean.mean()), float(corrupted.mean())
     return HeadPatching(
         per_example,
@@ -82,6 +99,19 @@ def patch_heads(
         metric=task.metric_name,
         notes=patching_notes(model, channel, method, clean_metric - corrupted_metric),
     )
+
+
+def metric_values(task: Task, model: HookedAutoModel, which: str, examples: range) -> Tensor:
+    """The metric of ``examples`` of ``task`` in plain runs of ``model``: [len(examples)], CPU."""
+    if len(examples) == task.n:
+        return task.values(model, which)
+    index = torch.arange(examples.start, examples.stop)
+    parts = [
+        task.metric(task.dst_logits(model, batch, which), batch).detach().float().cpu()
+        for batch in index.split(DEFAULT_BATCH_SIZE)
+        if len(batch)
+    ]
+    return torch.cat(parts) if parts else torch.zeros(0)
 
 
 def check_patching(
