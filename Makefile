@@ -42,8 +42,9 @@ lint: install-test
 	$(BIN)/ruff check arrakis tests benchmarks
 	$(BIN)/ruff format --check arrakis tests benchmarks
 
+# one worker per core (pytest-xdist), a test file's tests on one worker (module fixtures load once)
 test: install-test lint
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n auto --dist loadfile
 
 bench: install-test
 	$(BIN)/python -m benchmarks

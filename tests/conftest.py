@@ -15,6 +15,11 @@ import pytest
 import torch
 
 from arrakis import HookedAutoConfig, HookedAutoModel
+
+# Under pytest-xdist (make test runs one worker per core), each worker takes its share of the
+# cores: two threads spinning on one core make the tiny models' millisecond ops 10-100x slower.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])))
 from arrakis.models.adapters import ADAPTERS, FamilyAdapter
 
 # A few layers, several heads, a small vocabulary: each builds and runs in milliseconds.
