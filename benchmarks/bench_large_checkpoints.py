@@ -11,7 +11,9 @@ scores of every layer for one direction, and all three composition modes. It pri
 time and the peak memory of the analysis (resident memory beyond what the process held
 before it, benchmarks/memory.py). Targets on a 24 GiB, 2-core machine: the 1B shape in
 under 30 s; the 7B shape in under 15 minutes and 8 GiB. The baseline, in the same run,
-is the time to read the stacked weights alone.
+is the time to read the stacked weights alone. For the 1B shape it then prints composition
+against the GEMM bound of its flops, per mode and for Q+K+V (benchmarks/bench_gemm_bound.py:
+seconds, flops, the rate of a plain D x D matmul measured in the same run, bound and ratio).
 """
 
 from __future__ import annotations
@@ -107,6 +109,15 @@ def analyse(folder: Path) -> dict:
     return times
 
 
+def gemm_bound(folder: Path, n_kv_heads: int) -> None:
+    from arrakis import HookedAutoModel
+    from benchmarks.bench_gemm_bound import report
+
+    model = HookedAutoModel.from_pretrained(folder, weights_only=True, dtype=torch.bfloat16)
+    w = model.head_weights()
+    report(w.W_Q, w.W_K, w.W_V, w.W_O, n_kv_heads)
+
+
 def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
     names = list(SHAPES)[: 2 if os.environ.get("ARRAKIS_BENCH_7B") == "1" else 1]
@@ -123,6 +134,8 @@ def main() -> None:
                 print(f"  {what:<22} {value:8.2f}" + ("" if what.startswith("max") else " s"))
             peak_text = "n/a" if peak is None else f"{peak / GIB:.2f} GiB"
             print(f"  end to end             {total:8.2f} s   peak extra memory {peak_text}")
+            if name == "Llama-3.2-1B attention":
+                gemm_bound(folder, shape["n_kv_heads"])
     if len(names) == 1:
         print("  (the 7B shape runs with ARRAKIS_BENCH_7B=1)")
 
