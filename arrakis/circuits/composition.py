@@ -140,7 +140,8 @@ def _pair_products(out: Tensor, G_w: Tensor, G_r: Tensor, n_layers: int, alpha: 
     while segments:
         runs: list[list[tuple[int, int]]] = []
         for lo, hi in segments:
-            if runs and runs[-1][-1][1] - runs[-1][-1][0] == hi - lo:
+            # a run is contiguous segments of one size (a segment of one layer, dropped, leaves a gap)
+            if runs and runs[-1][-1][1] == lo and runs[-1][-1][1] - runs[-1][-1][0] == hi - lo:
                 runs[-1].append((lo, hi))
             else:
                 runs.append([(lo, hi)])

@@ -73,3 +73,11 @@ def test_bfloat16_weights_score_as_their_float32_values():
     exact = composition_scores(*(w.float() for w in weights))
     for mode in MODES:
         torch.testing.assert_close(fast[mode], exact[mode], atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n_layers", [6, 11, 13, 30])
+def test_every_layer_pair_of_deep_models(n_layers):
+    # the pair products split layers into halves of segments; one-layer segments are dropped,
+    # leaving gaps between segments of equal size (30 layers: 13-15 and 16-18), which must not
+    # be batched as if contiguous (that scored pairs such as L16 -> L17 wrongly)
+    check(grouped_weights(n_layers, 2, 2, 16, 4, seed=n_layers))
