@@ -8,8 +8,9 @@ Measured as multiples of it:
   pass at one position, then a [layer, head] product through the folded unembedding);
 - ``circuits("K", writer_role="previous_token", reader_role="induction", verify=True)``:
   path patching of each edge plus 8 random pairs per layer pair on the default probe
-  (4 x 65 tokens), each pass stopped after the reader's layer; the baseline here is one
-  plain forward pass on the probe.
+  (4 x 65 tokens); the runs of one reader layer go as copies of the probe in one pass that
+  starts at that layer and stops after it (goal: at most 10 forward passes on the probe in
+  all); the baseline here is one plain forward pass on the probe.
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def main() -> None:
     print(f"  plain forward pass on it    {t_probe:7.2f} s   (baseline)")
     print(
         f"  verify {len(circuit)} edges + null    {t_verify:7.2f} s   x{t_verify / t_probe:.1f} the forward pass "
-        f"({n_passes} patched passes, each stopped after its reader: x{t_verify / t_probe / n_passes:.2f} per pass)"
+        f"(goal <= x10; {n_passes} patched runs, batched by reader layer: x{t_verify / t_probe / n_passes:.2f} a run)"
     )
     print("  " + verified.summary())
 
