@@ -40,12 +40,11 @@ from torch import Tensor, nn
 
 from arrakis.models.adapters import qkv_index
 from arrakis.models.adapters.base import linear_params, module_at
-from arrakis.models.edge_graph import EdgeGraph
+from arrakis.models.edge_graph import CHANNELS, EdgeGraph
 from arrakis.models.head_channels import first_input, replace_input
 from arrakis.models.hook_capture import read_output
 from arrakis.models.hooked_model import HookedAutoModel
 
-CHANNELS = ("q", "k", "v")
 _MLP_NORMS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # model -> mlp_norms(model)
 
 
@@ -124,18 +123,13 @@ def _norms(block: nn.Module, adapter: Any) -> dict[str, nn.Module]:
     """The block's ln1 and ln2 modules that exist (a parallel-residual StableLM has no ln2)."""
     found = {}
     for key, path in (("ln1", adapter.ln1), ("ln2", adapter.ln2)):
-        module = block.get_submodule(path) if path is not None and _has(block, path) else None
-        if isinstance(module, nn.Module):
+        try:
+            module = block.get_submodule(path) if path is not None else None
+        except AttributeError:  # the path names an attribute that is None, not a module
+            module = None
+        if module is not None:
             found[key] = module
     return found
-
-
-def _has(block: nn.Module, path: str) -> bool:
-    try:
-        block.get_submodule(path)
-    except AttributeError:
-        return False
-    return True
 
 
 def _keep(store: dict[str, Tensor], key: str) -> Callable:

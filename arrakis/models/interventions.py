@@ -121,7 +121,7 @@ def _visible_keys(rows: Tensor, query: int) -> list[set[int]]:
     return [set(row[: query + 1].nonzero().flatten().tolist()) for row in rows if row[query]]
 
 
-def _additive_mask(kwargs: dict) -> Tensor:
+def additive_mask(kwargs: dict) -> Tensor:
     """The additive 4-D float attention mask an attention module was called with."""
     mask = kwargs.get("attention_mask")
     if mask is None or mask.dim() != 4 or not mask.dtype.is_floating_point:
@@ -134,7 +134,7 @@ def knockout_hook(n_heads: int, rows: list[list[Edge]], first_query: int) -> Cal
     positions counted from ``first_query``, where the pass starts)."""
 
     def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        mask = _additive_mask(kwargs)
+        mask = additive_mask(kwargs)
         # [batch or 1, 1, query_pos, key_pos] -> one mask per copy and head
         mask = mask.expand(len(rows), n_heads, *mask.shape[2:]).clone()
         blocked = torch.finfo(mask.dtype).min
@@ -169,7 +169,7 @@ def copies_mask(kwargs: dict, n_heads: int, n_copies: int, n_prefix: int) -> Ten
     position ``n_prefix`` run as the query tokens of one sequence after the prefix's cache: each
     copy sees the prefix as the model's own mask (in ``kwargs``) lets a query at ``n_prefix`` see it
     (causality, sliding windows), and its own key, never the other copies."""
-    mask = _additive_mask(kwargs)
+    mask = additive_mask(kwargs)
     row = mask[0, 0, 0, : n_prefix + 1]  # what a query at position n_prefix may see
     copies = torch.arange(n_copies, device=mask.device)
     blocked = torch.finfo(mask.dtype).min

@@ -40,7 +40,14 @@ import torch
 from torch import Tensor, nn
 
 from arrakis.models.adapters.base import module_at
-from arrakis.models.interventions import MAX_COPIES, AttentionModel, copies_mask, logits_at, prefix_cache
+from arrakis.models.interventions import (
+    MAX_COPIES,
+    AttentionModel,
+    additive_mask,
+    copies_mask,
+    logits_at,
+    prefix_cache,
+)
 from arrakis.models.pattern_gradients import frozen_parameters
 from arrakis.progress import progress as progress_bar
 
@@ -132,9 +139,7 @@ def _rows_run(model: AttentionModel, input_ids: Tensor, dst: int) -> Run:
     def run(n_rows: int, edit: Callable[[int, Tensor], Tensor]) -> Tensor:
         def masked(layer: int) -> Callable:
             def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-                mask = kwargs.get("attention_mask")
-                if mask is None or mask.dim() != 4 or not mask.dtype.is_floating_point:
-                    raise RuntimeError(f"scaling an edge needs an additive 4-D float mask, got {type(mask).__name__}")
+                mask = additive_mask(kwargs)
                 mask = mask.expand(n_rows, model.cfg.n_heads, *mask.shape[2:])
                 rows_at_dst = edit(layer, mask[:, :, dst])  # [row, head, key]
                 mask = torch.cat([mask[:, :, :dst], rows_at_dst[:, :, None], mask[:, :, dst + 1 :]], 2)
