@@ -141,3 +141,33 @@ def test_the_cache_folder_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv(disk_cache.CACHE_ENV)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert disk_cache.cache_dir() == tmp_path / "xdg" / "arrakis"
+
+
+def test_a_gguf_is_parsed_once_per_conversion_and_reads_as_before():
+    """The conversion shares one reader per file (transformers would parse it four times); the
+    shared reader slices a plain ndarray, and every field and tensor reads as gguf's own reader
+    reads it. gguf.GGUFReader is restored afterwards, also when the block raises."""
+    import gguf
+    import numpy as np
+
+    from arrakis.models.loading import one_gguf_parse
+    from arrakis.models.packaged import embedded_model_path
+
+    path, original = embedded_model_path(), gguf.GGUFReader
+    plain = original(path)
+    with one_gguf_parse():
+        first = gguf.GGUFReader(path)
+        assert gguf.GGUFReader(str(path)) is first  # one parse per file
+        assert type(first.data) is np.ndarray and first.data.nbytes == plain.data.nbytes
+    assert gguf.GGUFReader is original
+    assert list(first.fields) == list(plain.fields)
+    for name in plain.fields:
+        for a, b in zip(first.fields[name].parts, plain.fields[name].parts, strict=True):
+            assert np.array_equal(a, b), name
+    assert len(plain.fields["tokenizer.ggml.tokens"].data) > 40_000  # the vocabulary was compared
+    assert [t.name for t in first.tensors] == [t.name for t in plain.tensors]
+    for a, b in zip(first.tensors[:5], plain.tensors[:5], strict=True):
+        assert np.array_equal(a.data, b.data)
+    with pytest.raises(RuntimeError), one_gguf_parse():
+        raise RuntimeError("a failing conversion")
+    assert gguf.GGUFReader is original
