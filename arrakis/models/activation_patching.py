@@ -16,7 +16,9 @@ Nothing before layer l changes in a copy patched at layer l, so the copies share
 up to there: the heads are patched in layer order, the base run's residual stream at the input
 of each pass's first patched layer is captured once per example batch (as many layers' as fit
 the memory budget), and a pass starts there: the blocks before it are not run, each returns
-the captured states (its ``forward`` replaced for that pass only).
+the captured states (its ``forward`` replaced for that pass only). Which heads share a pass is
+chosen to run the fewest layers in all (``pass_groups``): heads scattered over the model go in
+several passes, each starting late, not in one pass from the earliest layer.
 
 Under grouped-query attention a k or v patch of query head h replaces the K or V of h's whole
 KV group (those heads share it). A "pattern" patch replaces the query rows of h's attention
@@ -212,19 +214,20 @@ def patch_heads_exact(
     if copies > cfg.n_heads:  # whole layers per pass: each pass starts at a layer boundary
         copies -= copies % cfg.n_heads
     out = torch.full((n, cfg.n_layers, cfg.n_heads), float("nan"))
-    jobs = [(start, c) for start in range(0, n, per_batch) for c in range(0, len(todo), copies)]
-    firsts = sorted({todo[c][0] for c in range(0, len(todo), copies)} - {0})  # each pass's first layer
+    groups = pass_groups([layer for layer, _ in todo], cfg.n_layers, copies)
+    jobs = [(start, group) for start in range(0, n, per_batch) for group in groups]
+    firsts = sorted({todo[group.start][0] for group in groups} - {0})  # each pass's first layer
     per_state = 4 * per_batch * n_pos * cfg.d_model
     kept = (
         [firsts[i * len(firsts) // k] for i in range(k)] if (k := min(len(firsts), DEFAULT_BUDGET // per_state)) else []
     )
     source: tuple[int, list[Tensor], Starts] | None = None
-    for start, first in progress_bar(jobs, "patching", "pass", enabled=progress):
+    for start, group in progress_bar(jobs, "patching", "pass", enabled=progress):
         stop = min(n, start + per_batch)
         base, src_ids, mask, dst_b, where = question.rows(start, stop)
         if source is None or source[0] != start:  # the source run and the base's states, once per example batch
             source = (start, source_activations(model, src_ids, mask, channel), block_inputs(model, base, mask, kept))
-        chunk = todo[first : first + copies]
+        chunk = todo[group]
         logits = patched_copies(model, channel, base, mask, dst_b, where, source[1], chunk, source[2])
         b = stop - start
         examples = torch.arange(start, stop, device=logits.device).repeat(len(chunk))
@@ -232,6 +235,32 @@ def patch_heads_exact(
         for c, (layer, head) in enumerate(chunk):
             out[start:stop, layer, head] = values[c]
     return out
+
+
+def pass_groups(layers: Sequence[int], n_layers: int, copies: int) -> list[slice]:
+    """Heads (their ``layers``, in layer order) split into passes of at most ``copies`` heads.
+
+    A pass runs every copy from its first head's layer to the end, so a pass of k heads
+    starting at layer s costs k (n_layers - s) copy-layers, plus a fixed cost per pass (taken
+    as half a copy of the whole model: the capture, the logits, the launches). The split of
+    least total cost is found by dynamic programming over where each pass starts; only the
+    first head of a layer, or the earliest start the pass size allows, is tried as a start.
+    Heads spread over many layers thus run in several shallow passes rather than one pass
+    from the earliest layer; all heads of a model still run in whole-layer passes."""
+    m, overhead = len(layers), n_layers / 2
+    best, cut = [0.0] + [float("inf")] * m, [0] * (m + 1)
+    starts = [i for i in range(m) if i == 0 or layers[i] != layers[i - 1]]
+    for j in range(1, m + 1):
+        lowest = max(0, j - copies)
+        for i in {lowest, *(i for i in starts if lowest <= i < j)}:
+            cost = best[i] + overhead + (j - i) * (n_layers - layers[i])
+            if cost < best[j]:
+                best[j], cut[j] = cost, i
+    groups, j = [], m
+    while j > 0:
+        groups.append(slice(cut[j], j))
+        j = cut[j]
+    return groups[::-1]
 
 
 def patched_copies(

@@ -276,3 +276,34 @@ def test_bad_input_is_refused_before_any_forward(change: dict, message: str) -> 
     finally:
         handle.remove()
     assert not calls
+
+
+def test_passes_are_split_to_run_the_fewest_layers():
+    """pass_groups against every split of the heads into contiguous passes (brute force)."""
+    import itertools
+    import random
+
+    from arrakis.models.activation_patching import pass_groups
+
+    def cost(layers, cuts, n_layers):
+        bounds = [0, *cuts, len(layers)]
+        return sum(n_layers / 2 + (b - a) * (n_layers - layers[a]) for a, b in itertools.pairwise(bounds))
+
+    rng = random.Random(0)
+    for _ in range(60):
+        n_layers, m = rng.randint(2, 12), rng.randint(1, 9)
+        layers, copies = sorted(rng.randrange(n_layers) for _ in range(m)), rng.randint(1, 6)
+        groups = pass_groups(layers, n_layers, copies)
+        assert [g.start for g in groups] == [0, *(g.stop for g in groups[:-1])] and groups[-1].stop == m
+        assert all(0 < g.stop - g.start <= copies for g in groups)
+        feasible = [
+            cuts
+            for r in range(m)
+            for cuts in itertools.combinations(range(1, m), r)
+            if all(b - a <= copies for a, b in itertools.pairwise([0, *cuts, m]))
+        ]
+        best = min(cost(layers, cuts, n_layers) for cuts in feasible)
+        got = cost(layers, [g.start for g in groups[1:]], n_layers)
+        assert got == pytest.approx(best, abs=1e-9), (layers, copies)
+    # scattered heads: several late passes rather than one from layer 0
+    assert [(g.start, g.stop) for g in pass_groups([0, 20, 21, 22, 23], 24, 8)] == [(0, 1), (1, 5)]
