@@ -67,16 +67,3 @@ def test_the_report_is_self_contained_and_renders(tmp_path):
         assert f"<h2>{title}</h2>" in text
     assert "exact drop" in text and "Note: attribution estimates" in text
     check_in_browser(path, tmp_path, n_figures)
-
-
-@pytest.mark.slow
-def test_the_report_of_the_embedded_model_names_its_induction_circuit(tmp_path):
-    from arrakis import load_model
-
-    path = Report(load_model()).save(tmp_path / "report.html")
-    text = path.read_text()
-    assert "L16H0" in text and "L18H6" in text  # the previous-token and induction heads
-    task = text[text.index("<h2>Task: ioi</h2>") :]
-    assert re.search(r"on (100|88|75)% of the 8 examples", task)  # the model does IOI
-    assert "<td>L23H3</td>" in task  # a name mover among the top heads
-    check_in_browser(path, tmp_path, text.count("<img class='figure'"))
