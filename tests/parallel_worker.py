@@ -31,7 +31,8 @@ def dataset(d_vocab: int) -> list[list[int]]:
 
 
 def results() -> dict[str, torch.Tensor]:
-    """Dataset statistics, head patching and edge scores of a tiny model on 5 induction prompts."""
+    """Dataset statistics, head patching, edge scores and the task means of logit attribution
+    and information flow, of a tiny model on 5 induction prompts."""
     model = build("llama")
     seen = torch.zeros((), dtype=torch.long)  # rows through the model: each rank runs only its share
 
@@ -55,7 +56,13 @@ def results() -> dict[str, torch.Tensor]:
     patched[1, ::3] = True
     patched[2] = True
     roles = tool.head_roles(rows_of_ids, batch_size=2)
+    attribution = tool.logit_attribution(task)  # task means: each rank its examples, gathered
+    flow = tool.trace_information_flow(task, verify=True)
     return {
+        "attribution_heads": attribution.heads,
+        "attribution_logit": torch.tensor(attribution.logit),
+        "flow_scores": torch.tensor([[h.score for h in layer.heads] for layer in flow.layers]),
+        "flow_exact": torch.tensor([layer.exact for layer in flow.layers]),
         "write_scores": tool.write_scores(rows_of_ids, batch_size=2),
         **{f"roles_{role}": roles.scores(role) for role in ("previous_token", "duplicate_token", "induction")},
         "exact_scores": exact.scores,

@@ -1,7 +1,8 @@
 """Data parallelism (``arrakis.models.parallel``): two processes launched by torchrun (gloo on
 the CPU) each take their share of the examples, and both return what one process computes
-alone: dataset statistics, head roles, head patching (exact and attribution), edge scores
-and exact edge runs of a task (``tests/parallel_worker.py`` computes them)."""
+alone: dataset statistics, head roles, head patching (exact and attribution), edge scores,
+exact edge runs and the means of logit attribution and information flow over a task's examples
+(``tests/parallel_worker.py`` computes them)."""
 
 from __future__ import annotations
 

@@ -133,3 +133,15 @@ def all_gather_rows(tensor: Tensor, n_total: int) -> Tensor:
     dist.all_gather(parts, padded)
     logger.debug("rank %d gathered %s rows", rank, rows)
     return torch.cat([part[:k] for part, k in zip(parts, rows, strict=True)]).to(tensor.device)
+
+
+def all_gather_objects(items: list) -> list:
+    """Every process's list of picklable results joined in rank order (the identity in a
+    single process): per-example answers of a task, whose means are then taken in example
+    order, so every process averages exactly what one process would."""
+    size = world()[1]
+    if size == 1:
+        return items
+    gathered: list[list | None] = [None] * size
+    dist.all_gather_object(gathered, items)
+    return [item for part in gathered for item in (part or [])]

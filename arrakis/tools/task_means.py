@@ -5,7 +5,8 @@ For each example, its prompt runs alone, without its padding, at its own dst (an
 its own answer (and foil); the result holds the mean over examples of what each example
 gives (docs/mathematics.md#activation-patching-on-a-task). Everything is checked before any
 forward pass: a task gives the prompts, the positions and the tokens, so passing them too is
-an error.
+an error. Under torchrun or accelerate launch each process answers its share of the examples
+and the per-example answers are gathered, in example order, before the means.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from torch import Tensor
 
 from arrakis.models import HookedAutoModel
+from arrakis.models.parallel import all_gather_objects, shard
 from arrakis.progress import progress
 from arrakis.tasks import Task
 from arrakis.tools.flow_attribution import trace_attribution
@@ -57,7 +59,10 @@ def example_ids(model: HookedAutoModel, task: Task, i: int) -> Tensor:
 
 
 def examples(task: Task, what: str) -> Any:
-    return progress(range(task.n), f"{task.name}: {what}", "example", enabled=task.n > SHOW_PROGRESS)
+    """This process's examples of ``task`` (all of them in a single process; a contiguous share
+    under torchrun or accelerate launch), with a progress bar on rank 0 when there are many."""
+    mine = shard(task.n)
+    return progress(mine, f"{task.name}: {what}", "example", enabled=mine.start == 0 and task.n > SHOW_PROGRESS)
 
 
 def task_attribution(model: HookedAutoModel, task: Task, given: dict[str, Any]) -> LogitAttribution:
@@ -69,7 +74,7 @@ def task_attribution(model: HookedAutoModel, task: Task, given: dict[str, Any]) 
     for i in examples(task, "logit attribution"):
         foil = None if task.foil is None else int(task.foil[i])
         parts.append(logit_attribution(model, example_ids(model, task, i), int(task.answer[i]), int(task.dst[i]), foil))
-    return mean_attribution(parts, task)
+    return mean_attribution(all_gather_objects(parts), task)
 
 
 def common(values: list[int | None]) -> int | None:
@@ -140,7 +145,7 @@ def task_flow(
         if verify:
             flow.verification = verify_flow(model, ids, flow, metric, every_head=verify == "all")
         flows.append(flow)
-    return mean_flow(flows, task, top_k)
+    return mean_flow(all_gather_objects(flows), task, top_k)
 
 
 def mean(values: list[float]) -> float:
