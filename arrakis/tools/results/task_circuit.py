@@ -250,12 +250,14 @@ class TaskCircuit:
         return gap
 
     def _run(self, patched: Tensor, progress: bool) -> list[float]:
-        """The runner's metric for each row of ``patched``, checked for its shape."""
-        logger.debug("running %d patched circuits", patched.shape[0])
-        out = self.runner.run(patched, progress=progress)
-        if tuple(out.shape) != (patched.shape[0],):
-            raise RuntimeError(f"the runner returned shape {tuple(out.shape)} for {patched.shape[0]} circuits")
-        return [float(v) for v in out.detach().float().cpu().tolist()]
+        """The runner's metric for each row of ``patched``, checked for its shape. Equal rows
+        run once (a curve's random circuits of 0 and of every edge are its top ones)."""
+        unique, inverse = torch.unique(patched, dim=0, return_inverse=True)
+        logger.debug("running %d patched circuits (%d asked)", unique.shape[0], patched.shape[0])
+        out = self.runner.run(unique, progress=progress)
+        if tuple(out.shape) != (unique.shape[0],):
+            raise RuntimeError(f"the runner returned shape {tuple(out.shape)} for {unique.shape[0]} circuits")
+        return [float(v) for v in out.detach().float().cpu()[inverse].tolist()]
 
     def _faithful(self, metrics: list[float]) -> list[float]:
         return [(m - self.corrupted_metric) / self._gap() for m in metrics]
