@@ -250,8 +250,7 @@ class TaskCircuit:
         return gap
 
     def _run(self, patched: Tensor, progress: bool) -> list[float]:
-        """The runner's metric for each row of ``patched``, checked for its shape. Equal rows
-        run once (a curve's random circuits of 0 and of every edge are its top ones)."""
+        """The runner's metric for each row of ``patched`` (equal rows run once), shape checked."""
         unique, inverse = torch.unique(patched, dim=0, return_inverse=True)
         logger.debug("running %d patched circuits (%d asked)", unique.shape[0], patched.shape[0])
         out = self.runner.run(unique, progress=progress)
