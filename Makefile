@@ -42,9 +42,10 @@ lint: install-test
 	$(BIN)/ruff check arrakis tests benchmarks
 	$(BIN)/ruff format --check arrakis tests benchmarks
 
-# one worker per core (pytest-xdist), a test file's tests on one worker (module fixtures load once)
+# one worker per core (pytest-xdist), a test file's tests on one worker (module fixtures load once),
+# files handed out in collection order (tests/conftest.py puts the long ones first), not by test count
 test: install-test lint
-	$(BIN)/python -m pytest -q -n auto --dist loadfile
+	$(BIN)/python -m pytest -q -n auto --dist loadfile --no-loadscope-reorder
 
 bench: install-test
 	$(BIN)/python -m benchmarks

@@ -138,8 +138,9 @@ def tiny(variant: str) -> HookedAutoModel:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Files that run the real checkpoints (marked slow) first. make test gives each of its
-    workers (one per core) whole files, in this order: the long files start first and the short
-    ones fill in around them, rather than a long file starting last while the other worker
-    idles. The order within each group is kept."""
+    workers (one per core) whole files, in this order (``--no-loadscope-reorder``; xdist would
+    otherwise hand out the files with the most tests first, which put the longest file, with
+    five tests, last): the long files start first and the short ones fill in around them. The
+    order within each group is kept."""
     heavy = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in heavy)
