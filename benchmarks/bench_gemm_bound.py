@@ -5,9 +5,10 @@ flops its method must do at those shapes (counted from the shapes below, nothing
 bound and the ratio seconds / bound. The bound is the time plain D x D float32 matmuls take to
 do the same flops, timed right after each call (so the slow stretches of a shared machine hit
 both). A single matmul's best tenth of a second runs 10-30% faster than matmuls sustain over
-seconds on a 2-core machine, so the ratio to that burst rate is printed beside it. Run alone (``python -m
-benchmarks.bench_gemm_bound``) it uses random bfloat16 weights with Llama-3.2-1B's attention
-shapes; bench_large_checkpoints runs it on the weights it streams from its checkpoint.
+seconds on a 2-core machine, so the ratio to that burst rate is printed beside it. Run alone
+(``python -m benchmarks.bench_gemm_bound``) it uses random bfloat16 weights with
+Llama-3.2-1B's attention shapes; bench_large_checkpoints runs it on the weights it streams
+from its checkpoint.
 
 The flops, per head n = n_layers * n_heads, pair count P = n_heads^2 n_layers (n_layers - 1) / 2:
 

@@ -27,7 +27,7 @@ from tests.models.test_activation_patching import reference
 
 pytestmark = pytest.mark.slow
 FLOORS = {"ioi": 0.8, "induction": 0.6}  # on the chosen heads; see the module doc for all 270
-CHOSEN = {"ioi": 20, "induction": 15}  # the top k by attribution and k drawn from the rest
+CHOSEN = {"ioi": 20, "induction": 15}  # the top k by attribution, and the first k of 20 drawn below the top 20
 
 
 @pytest.fixture(scope="module")
